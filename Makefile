@@ -1,0 +1,61 @@
+# mlplatform — every target installs what it needs into its own virtualenv.
+#   make test                 everything CI runs (lint, types, infra tests, runtime tests)
+#   make preview STACK=dev    offline preview of one stack into build/<stack>/
+#   make bench                benchmarks (not part of `make test`)
+SHELL := /bin/bash
+PYTHON ?= python3
+STACK ?= dev
+VENV := .venv
+RT_VENV := .venv-runtime
+PY := $(VENV)/bin/python
+RT_PY := $(RT_VENV)/bin/python
+PIP_FLAGS := --quiet --disable-pip-version-check
+
+.PHONY: test test-infra test-runtime lint typecheck preview preview-all bench docs clean
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install $(PIP_FLAGS) -r requirements-dev.txt
+	touch $@
+
+# The runtime programs' tests use their own venv with the CPU torch build, so
+# the Pulumi program's venv never pulls torch (workloads/runtime/README.md).
+$(RT_VENV)/.installed: workloads/runtime/requirements.txt workloads/runtime/requirements-test.txt
+	$(PYTHON) -m venv $(RT_VENV)
+	$(RT_PY) -m pip install $(PIP_FLAGS) -r workloads/runtime/requirements-test.txt
+	touch $@
+
+venv: $(VENV)/.installed
+venv-runtime: $(RT_VENV)/.installed
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy
+
+test-infra: $(VENV)/.installed
+	$(PY) -m pytest -q tests --ignore=tests/runtime
+
+test-runtime: $(RT_VENV)/.installed
+	$(RT_PY) -m pytest -q tests/runtime
+
+test: lint typecheck test-infra
+
+preview: $(VENV)/.installed
+	$(PY) -m tools.preview --stack $(STACK)
+
+preview-all: $(VENV)/.installed
+	@rc=0; for s in dev staging prod; do $(PY) -m tools.preview --stack $$s || rc=$$?; done; exit $$rc
+
+bench: $(VENV)/.installed $(RT_VENV)/.installed
+	$(PY) -m bench.preview_bench
+	$(RT_PY) -m bench.serve_bench
+	$(RT_PY) -m bench.train_bench
+
+docs: $(VENV)/.installed
+	$(PY) -m tools.config_docs --write
+
+clean:
+	rm -rf build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,99 @@
+"""Well-known names of the platform: labels, taints, GPU resources, priority classes.
+
+Pure data with no third-party imports, so the settings model, the components,
+the offline preview and the policy pack (its own virtualenv) all read the same
+names. Only `infra/scheduling.py` turns these into tolerations and affinities.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PART_OF = "mlplatform"
+MANAGED_BY = "pulumi"
+LABEL_PREFIX = "mlplatform.io"
+
+# GPU resources as the NVIDIA device plugin advertises them.
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_SHARED_RESOURCE = "nvidia.com/gpu.shared"  # time-slicing with renameByDefault
+MIG_RESOURCE_PREFIX = "nvidia.com/mig-"  # mixed MIG strategy: nvidia.com/mig-1g.10gb, ...
+
+
+def is_gpu_resource(resource_name: str) -> bool:
+    return resource_name in (
+        GPU_RESOURCE,
+        GPU_SHARED_RESOURCE,
+    ) or resource_name.startswith(MIG_RESOURCE_PREFIX)
+
+
+# Node labels and taints every GPU node group carries.
+GPU_PRESENT_LABEL = "nvidia.com/gpu.present"  # not set by GFD: the node group sets it
+ACCELERATOR_LABEL = "k8s.amazonaws.com/accelerator"  # Cluster Autoscaler's GPU label on AWS
+NODE_GROUP_LABEL = f"{LABEL_PREFIX}/node-group"
+DEVICE_PLUGIN_LABEL = f"{LABEL_PREFIX}/nvidia-device-plugin"  # "daemonset" or "host"
+CAPACITY_TYPE_LABEL = f"{LABEL_PREFIX}/capacity-type"  # "on-demand" or "spot"
+NODE_ROLE_LABEL = f"{LABEL_PREFIX}/node-role"  # "system" on the system node group
+
+GPU_TAINT_KEY = GPU_RESOURCE
+GPU_TAINT_VALUE = "true"
+# Spot GPU nodes carry a second taint: only priority classes the environment
+# lists in `scheduling.spotPriorityClasses` tolerate it.
+SPOT_TAINT_KEY = CAPACITY_TYPE_LABEL
+SPOT_TAINT_VALUE = "spot"
+
+# Namespaces whose labels the network policies select on.
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+TEAM_LABEL = f"{LABEL_PREFIX}/team"
+
+SYSTEM_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease", "default")
+
+
+@dataclass(frozen=True)
+class PriorityClassSpec:
+    name: str
+    value: int
+    preemption_policy: str  # PreemptLowerPriority | Never
+    description: str
+    preemptible: bool  # may run on capacity that can vanish (spot) and be preempted
+
+
+# Values leave room between classes for operators to add their own, and stay far
+# below system-cluster-critical (2e9). No class is globalDefault: a pod with no
+# class gets priority 0, below all of these.
+PRIORITY_CLASSES: tuple[PriorityClassSpec, ...] = (
+    PriorityClassSpec(
+        "serving-critical",
+        1_000_000,
+        "PreemptLowerPriority",
+        "Online inference. Preempts any training pod so serving can scale out under load.",
+        preemptible=False,
+    ),
+    PriorityClassSpec(
+        "training-high",
+        100_000,
+        "PreemptLowerPriority",
+        "Deadline-bound training (release candidates, scheduled retraining). "
+        "Preempts default and preemptible training.",
+        preemptible=False,
+    ),
+    PriorityClassSpec(
+        "training-default",
+        10_000,
+        "PreemptLowerPriority",
+        "Ordinary training and batch inference. Preempts only preemptible training.",
+        preemptible=False,
+    ),
+    PriorityClassSpec(
+        "training-preemptible",
+        1_000,
+        "Never",
+        "Opportunistic training that checkpoints often: never preempts others, is "
+        "preempted first, and may run on spot capacity.",
+        preemptible=True,
+    ),
+)
+PRIORITY_CLASS_NAMES: tuple[str, ...] = tuple(p.name for p in PRIORITY_CLASSES)
+PRIORITY_CLASS_BY_NAME = {p.name: p for p in PRIORITY_CLASSES}
+
+# Classes the platform's own node daemons use (they live in kube-system).
+SYSTEM_PRIORITY_CLASSES = ("system-node-critical", "system-cluster-critical")

@@ -1,0 +1,335 @@
+"""Cluster: a new EKS cluster (`create`) or an existing one (`existing`), and the
+Kubernetes provider every Kubernetes resource of the platform goes through.
+
+`create` builds, with pulumi-aws directly (the pulumi-eks components are
+opaque to the offline preview):
+- a VPC with private subnets in >= 2 zones behind NAT (`infra.network`);
+- the EKS control plane: private endpoint, public endpoint only for the CIDRs
+  in config, EKS access entries (authentication mode API, no aws-auth
+  ConfigMap), control-plane logs, Secrets envelope-encrypted with KMS;
+- the OIDC provider for IAM roles for service accounts (IRSA);
+- a small system node group for CPU add-ons;
+- add-ons: the EBS CSI driver (IRSA role) with an encrypted gp3 default
+  StorageClass for checkpoint PVCs, and the node monitoring agent, which feeds
+  the GPU node groups' automatic repair.
+
+`existing` looks an EKS cluster up by name (GPU node groups are still created in
+it) or, with `kubeconfigContext`, uses any cluster and creates no AWS resource.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_kubernetes as k8s
+
+from infra import catalog, iam, meta
+from infra.network import Vpc, VpcArgs
+from infra.settings import ClusterSettings
+
+EBS_CSI_SERVICE_ACCOUNT = "ebs-csi-controller-sa"
+
+
+def kubeconfig(
+    cluster_name: pulumi.Input[str],
+    endpoint: pulumi.Input[str],
+    certificate_authority: pulumi.Input[str],
+    region: str,
+) -> pulumi.Output[str]:
+    """A kubeconfig that authenticates with `aws eks get-token` (AWS CLI v2), so it
+    holds no credentials and follows AWS_PROFILE of whoever runs Pulumi."""
+
+    def render(args: list[Any]) -> str:
+        name, server, ca = args
+        return json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {"name": name, "cluster": {"server": server, "certificate-authority-data": ca}}
+                ],
+                "contexts": [{"name": name, "context": {"cluster": name, "user": name}}],
+                "current-context": name,
+                "users": [
+                    {
+                        "name": name,
+                        "user": {
+                            "exec": {
+                                "apiVersion": "client.authentication.k8s.io/v1beta1",
+                                "command": "aws",
+                                "args": [
+                                    "--region",
+                                    region,
+                                    "eks",
+                                    "get-token",
+                                    "--cluster-name",
+                                    name,
+                                    "--output",
+                                    "json",
+                                ],
+                                "interactiveMode": "Never",
+                            }
+                        },
+                    }
+                ],
+            },
+            indent=2,
+        )
+
+    return pulumi.Output.secret(
+        pulumi.Output.all(cluster_name, endpoint, certificate_authority).apply(render)
+    )
+
+
+@dataclass(frozen=True)
+class ClusterArgs:
+    settings: ClusterSettings
+    cluster_name: str  # resolved name (settings.cluster_name)
+
+
+class Cluster(pulumi.ComponentResource):
+    """The cluster and the `k8s.Provider` for it.
+
+    Outputs: `cluster_name`, `endpoint` (None with a kubeconfig context),
+    `kubeconfig` (secret; None with a kubeconfig context), `oidc_provider_arn`,
+    `oidc_issuer_url`, `node_subnet_ids`, `vpc_id`, `storage_class`, `mode`.
+    """
+
+    provider: k8s.Provider
+    partition: pulumi.Output[str] | str
+
+    def __init__(
+        self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("mlplatform:infra:Cluster", name, None, opts)
+        s = args.settings
+        self.cluster_name = args.cluster_name
+        self.storage_class = s.storage_class
+        self.mode = "kubeconfig" if not s.uses_aws else s.mode
+        self.endpoint: pulumi.Output[str] | None = None
+        self.kubeconfig: pulumi.Output[str] | None = None
+        self.oidc_provider_arn: pulumi.Output[str] | None = None
+        self.oidc_issuer_url: pulumi.Output[str] | None = None
+        self.node_subnet_ids: pulumi.Input[list[str]] = []
+        self.vpc_id: pulumi.Output[str] | None = None
+        self.partition = "aws"
+        if self.mode == "create":
+            self._create(name, s)
+        elif self.mode == "existing":
+            self._existing_eks(name, s)
+        else:
+            self.provider = k8s.Provider(
+                f"{name}-k8s",
+                context=s.kubeconfig_context,
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+        self.register_outputs(
+            {
+                "cluster_name": self.cluster_name,
+                "endpoint": self.endpoint,
+                "kubeconfig": self.kubeconfig,
+                "oidc_provider_arn": self.oidc_provider_arn,
+                "oidc_issuer_url": self.oidc_issuer_url,
+                "node_subnet_ids": self.node_subnet_ids,
+                "vpc_id": self.vpc_id,
+                "storage_class": self.storage_class,
+                "mode": self.mode,
+            }
+        )
+
+    # -- create ---------------------------------------------------------------
+
+    def _create(self, name: str, s: ClusterSettings) -> None:
+        child = pulumi.ResourceOptions(parent=self)
+        region = s.region
+        assert region is not None  # validated: create mode needs a region
+        self.partition = aws.get_partition_output(
+            opts=pulumi.InvokeOutputOptions(parent=self)
+        ).partition
+        vpc = Vpc(
+            f"{name}-network", VpcArgs(settings=s.vpc, cluster_name=self.cluster_name), opts=child
+        )
+        self.vpc_id = vpc.vpc_id
+        self.node_subnet_ids = pulumi.Output.all(*vpc.private_subnet_ids)
+
+        cluster_role = iam.role_with_policies(
+            f"{name}-cluster-role",
+            assume_role_policy=iam.service_trust_policy("eks.amazonaws.com"),
+            policies=["AmazonEKSClusterPolicy"],
+            partition=self.partition,
+            description=f"EKS control plane of {self.cluster_name}",
+            parent=self,
+        )
+        encryption = None
+        if s.secrets_encryption:
+            key = aws.kms.Key(
+                f"{name}-secrets-key",
+                description=f"Envelope encryption of Kubernetes Secrets in {self.cluster_name}",
+                enable_key_rotation=True,
+                deletion_window_in_days=30,
+                opts=child,
+            )
+            encryption = {"resources": ["secrets"], "provider": {"key_arn": key.arn}}
+        self.eks = aws.eks.Cluster(
+            f"{name}-eks",
+            name=self.cluster_name,
+            version=s.kubernetes_version,
+            role_arn=cluster_role.arn,
+            vpc_config={
+                "subnet_ids": vpc.private_subnet_ids,
+                "endpoint_private_access": True,
+                "endpoint_public_access": bool(s.endpoint_public_access_cidrs),
+                "public_access_cidrs": s.endpoint_public_access_cidrs or None,
+            },
+            access_config={
+                "authentication_mode": "API",
+                "bootstrap_cluster_creator_admin_permissions": True,
+            },
+            enabled_cluster_log_types=list(s.control_plane_logs),
+            encryption_config=encryption,
+            deletion_protection=s.deletion_protection,
+            opts=child,
+        )
+        self.endpoint = self.eks.endpoint
+        self.oidc_issuer_url = self.eks.identities.apply(lambda ids: ids[0].oidcs[0].issuer)
+        oidc = aws.iam.OpenIdConnectProvider(
+            f"{name}-oidc",
+            url=self.oidc_issuer_url,
+            client_id_lists=["sts.amazonaws.com"],
+            opts=child,
+        )
+        self.oidc_provider_arn = oidc.arn
+        self.kubeconfig = kubeconfig(
+            self.eks.name,
+            self.eks.endpoint,
+            self.eks.certificate_authority.apply(lambda ca: ca.data),
+            region,
+        )
+
+        for i, principal in enumerate(s.admin_role_arns):
+            entry = aws.eks.AccessEntry(
+                f"{name}-admin-{i}", cluster_name=self.eks.name, principal_arn=principal, opts=child
+            )
+            aws.eks.AccessPolicyAssociation(
+                f"{name}-admin-{i}",
+                cluster_name=self.eks.name,
+                principal_arn=principal,
+                policy_arn=pulumi.Output.concat(
+                    "arn:",
+                    self.partition,
+                    ":eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy",
+                ),
+                access_scope={"type": "cluster"},
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[entry]),
+            )
+
+        sysng = s.system_nodes
+        system_role = iam.node_role(f"{name}-system-role", self.partition, parent=self)
+        system_nodes = aws.eks.NodeGroup(
+            f"{name}-system-nodes",
+            cluster_name=self.eks.name,
+            node_role_arn=system_role.arn,
+            subnet_ids=vpc.private_subnet_ids,
+            version=s.kubernetes_version,
+            ami_type="AL2023_x86_64_STANDARD",
+            instance_types=list(sysng.instance_types),
+            disk_size=sysng.disk_size_gib,
+            scaling_config={
+                "min_size": sysng.min_size,
+                "desired_size": sysng.desired_size
+                if sysng.desired_size is not None
+                else sysng.min_size,
+                "max_size": sysng.max_size,
+            },
+            update_config={"max_unavailable": 1},
+            labels={catalog.NODE_ROLE_LABEL: "system"},
+            tags={"Name": f"{self.cluster_name}-system"},
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=[system_role], ignore_changes=["scalingConfig.desiredSize"]
+            ),
+        )
+        addon_opts = pulumi.ResourceOptions(parent=self, depends_on=[system_nodes])
+        ebs_role = iam.role_with_policies(
+            f"{name}-ebs-csi-role",
+            assume_role_policy=iam.irsa_trust_policy(
+                oidc.arn, self.oidc_issuer_url, "kube-system", EBS_CSI_SERVICE_ACCOUNT
+            ),
+            policies=["service-role/AmazonEBSCSIDriverPolicy"],
+            partition=self.partition,
+            description=f"EBS CSI controller of {self.cluster_name}",
+            parent=self,
+        )
+        # Add-on versions: EKS picks the default version for the cluster's
+        # Kubernetes version, which moves with it on upgrades.
+        ebs = aws.eks.Addon(
+            f"{name}-ebs-csi",
+            cluster_name=self.eks.name,
+            addon_name="aws-ebs-csi-driver",
+            service_account_role_arn=ebs_role.arn,
+            resolve_conflicts_on_update="OVERWRITE",
+            opts=addon_opts,
+        )
+        aws.eks.Addon(
+            f"{name}-node-monitoring",
+            cluster_name=self.eks.name,
+            addon_name="eks-node-monitoring-agent",
+            resolve_conflicts_on_update="OVERWRITE",
+            opts=addon_opts,
+        )
+        self.provider = k8s.Provider(
+            f"{name}-k8s",
+            kubeconfig=self.kubeconfig,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[system_nodes]),
+        )
+        k8s.storage.v1.StorageClass(
+            f"{name}-gp3",
+            metadata=meta.metadata(
+                s.storage_class,
+                meta.labels("storage-class", s.storage_class, "storage"),
+                annotations={"storageclass.kubernetes.io/is-default-class": "true"},
+            ),
+            provisioner="ebs.csi.aws.com",
+            parameters={"type": "gp3", "encrypted": "true"},
+            # Bind where the pod lands: EBS volumes live in one zone.
+            volume_binding_mode="WaitForFirstConsumer",
+            allow_volume_expansion=True,
+            reclaim_policy="Delete",
+            opts=pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=[ebs]),
+        )
+
+    # -- existing EKS -----------------------------------------------------------
+
+    def _existing_eks(self, name: str, s: ClusterSettings) -> None:
+        region = s.region
+        assert region is not None
+        invoke = pulumi.InvokeOutputOptions(parent=self)
+        found = aws.eks.get_cluster_output(name=self.cluster_name, opts=invoke)
+        self.partition = aws.get_partition_output(opts=invoke).partition
+        account = aws.get_caller_identity_output(opts=invoke).account_id
+        self.endpoint = found.endpoint
+        self.vpc_id = found.vpc_config.vpc_id
+        self.node_subnet_ids = s.subnet_ids or found.vpc_config.subnet_ids
+        self.oidc_issuer_url = found.identities.apply(lambda ids: ids[0].oidcs[0].issuer)
+        # IRSA needs the cluster's OIDC provider to exist in IAM already
+        # (`eksctl utils associate-iam-oidc-provider` or the module that made it).
+        self.oidc_provider_arn = pulumi.Output.concat(
+            "arn:",
+            self.partition,
+            ":iam::",
+            account,
+            ":oidc-provider/",
+            self.oidc_issuer_url.apply(lambda url: url.removeprefix("https://")),
+        )
+        self.kubeconfig = kubeconfig(
+            self.cluster_name,
+            found.endpoint,
+            found.certificate_authorities.apply(lambda cas: cas[0].data),
+            region,
+        )
+        self.provider = k8s.Provider(
+            f"{name}-k8s", kubeconfig=self.kubeconfig, opts=pulumi.ResourceOptions(parent=self)
+        )

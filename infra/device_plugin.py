@@ -1,0 +1,148 @@
+"""NvidiaDevicePlugin: the NVIDIA k8s-device-plugin DaemonSet and its config file.
+
+Why these choices:
+- A plain DaemonSet rendered here instead of the Helm chart: the offline
+  preview then shows and schema-validates every field, and the pod spec comes
+  from the platform's one pod builder. The chart would add NFD/GFD, which a
+  node group that labels its own nodes does not need.
+- In kube-system: the plugin needs a hostPath (the kubelet's device-plugin
+  socket directory), which Pod Security "baseline" and "restricted" forbid.
+- Only on GPU nodes (`nvidia.com/gpu.present=true`, set by the node groups),
+  tolerating the GPU and spot taints, `system-node-critical`.
+- Bottlerocket NVIDIA nodes run the plugin as a host service; the DaemonSet
+  skips nodes labelled `mlplatform.io/nvidia-device-plugin=host` (set by
+  Bottlerocket node groups) so the two never both register `nvidia.com/gpu`.
+- Hardened as far as it still runs: it must run as root to create its socket
+  in the root-owned kubelet directory, but without privilege escalation, with
+  every capability dropped, RuntimeDefault seccomp and a read-only root
+  filesystem. The NVIDIA container runtime (the default runtime on AL2023
+  NVIDIA AMIs) gives it the GPU devices, so it is not privileged.
+- The config file (MIG strategy, time-slicing) is read at start only, so the
+  pod template carries its checksum: a config change rolls the DaemonSet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+import yaml
+
+from infra import catalog, meta
+from infra.settings import DevicePluginSettings
+from workloads import pod
+
+NAMESPACE = "kube-system"
+NAME = "nvidia-device-plugin"
+CONFIG_DIR = "/etc/nvidia-device-plugin"
+CONFIG_FILE = "config.yaml"
+KUBELET_DEVICE_PLUGINS = "/var/lib/kubelet/device-plugins"
+
+
+def plugin_config(settings: DevicePluginSettings) -> dict[str, Any]:
+    """The plugin's config file (`version: v1`), from the stack settings."""
+    config: dict[str, Any] = {
+        "version": "v1",
+        "flags": {
+            "migStrategy": settings.mig_strategy,
+            # Crash (and show CrashLoopBackOff) when the driver is broken instead of
+            # idling: the DaemonSet only lands on GPU nodes, so failure is real.
+            "failOnInitError": True,
+            "plugin": {
+                "passDeviceSpecs": False,
+                "deviceListStrategy": ["envvar"],
+                "deviceIDStrategy": "uuid",
+            },
+        },
+    }
+    ts = settings.time_slicing
+    if settings.sharing_enabled:
+        config["sharing"] = {
+            "timeSlicing": {
+                "renameByDefault": ts.rename_by_default,
+                "failRequestsGreaterThanOne": ts.fail_requests_greater_than_one,
+                "resources": [{"name": catalog.GPU_RESOURCE, "replicas": ts.replicas}],
+            }
+        }
+    return config
+
+
+@dataclass(frozen=True)
+class NvidiaDevicePluginArgs:
+    settings: DevicePluginSettings
+
+
+class NvidiaDevicePlugin(pulumi.ComponentResource):
+    """The device plugin DaemonSet and ConfigMap in kube-system.
+
+    Outputs: `daemonset_name`, `config_map_name`, `namespace`.
+    """
+
+    def __init__(
+        self, name: str, args: NvidiaDevicePluginArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("mlplatform:infra:NvidiaDevicePlugin", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        labels = meta.labels(NAME, NAME, "device-plugin")
+        config_text = yaml.safe_dump(plugin_config(args.settings), sort_keys=False)
+
+        self.config_map = k8s.core.v1.ConfigMap(
+            f"{name}-config",
+            metadata=meta.metadata(f"{NAME}-config", labels, NAMESPACE),
+            data={CONFIG_FILE: config_text},
+            opts=child,
+        )
+        container = pod.Container(
+            name="nvidia-device-plugin",
+            image=args.settings.image,
+            args=[f"--config-file={CONFIG_DIR}/{CONFIG_FILE}"],
+            resources=pod.Resources(cpu="50m", memory="64Mi", memory_limit="256Mi"),
+            mounts=[
+                pod.Mount("device-plugins", KUBELET_DEVICE_PLUGINS),
+                pod.Mount("config", CONFIG_DIR, read_only=True),
+            ],
+            run_as_root=True,
+        )
+        template = pod.pod_template(
+            pod.PodSpec(
+                labels=labels,
+                annotations={
+                    f"{catalog.LABEL_PREFIX}/config-sha256": hashlib.sha256(
+                        config_text.encode()
+                    ).hexdigest()
+                },
+                containers=[container],
+                priority_class="system-node-critical",
+                profile="node-daemon",
+                gpu_daemon=True,
+                skip_host_device_plugin=True,
+                volumes=[
+                    pod.Volume("device-plugins", host_path=KUBELET_DEVICE_PLUGINS),
+                    pod.Volume("config", config_map=f"{NAME}-config"),
+                ],
+                scratch_size="64Mi",
+            )
+        )
+        self.daemonset = k8s.apps.v1.DaemonSet(
+            f"{name}-daemonset",
+            metadata=meta.metadata(NAME, labels, NAMESPACE),
+            spec={
+                "selector": {"matchLabels": meta.selector(labels)},
+                "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
+                "template": template,
+            },
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.config_map]),
+        )
+        self.namespace = NAMESPACE
+        self.daemonset_name = NAME
+        self.config_map_name = f"{NAME}-config"
+        self.register_outputs(
+            {
+                "daemonset_name": self.daemonset_name,
+                "config_map_name": self.config_map_name,
+                "namespace": self.namespace,
+            }
+        )

@@ -1,0 +1,166 @@
+"""GpuNodeGroup: one EKS managed node group of GPU instances that can scale from zero.
+
+The Cluster Autoscaler builds a template node for a group with no nodes from
+tags on its Auto Scaling group: GPU count, labels and taints. EKS copies a
+managed node group's own tags to neither the ASG nor the instances, so each
+template tag is an `aws.autoscaling.Tag` on the ASG the node group reports.
+https://github.com/kubernetes/autoscaler/blob/master/cluster-autoscaler/cloudprovider/aws/README.md
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+
+from infra import catalog, iam, scheduling
+from infra.settings import DevicePluginSettings, GpuNodeGroupSettings
+
+CA_PREFIX = "k8s.io/cluster-autoscaler"
+
+
+def node_labels(group: GpuNodeGroupSettings) -> dict[str, str]:
+    """Kubernetes labels of the group's nodes."""
+    info = group.instance_type_info
+    return {
+        **group.labels,
+        # GFD does not set this one; the device plugin DaemonSet selects on it.
+        catalog.GPU_PRESENT_LABEL: "true",
+        # Without it the autoscaler counts a fresh node as GPU-less until the
+        # device plugin reports, and scales up again (autoscaler#3164).
+        catalog.ACCELERATOR_LABEL: info.accelerator,
+        catalog.NODE_GROUP_LABEL: group.name,
+        catalog.DEVICE_PLUGIN_LABEL: "host" if group.is_bottlerocket else "daemonset",
+        catalog.CAPACITY_TYPE_LABEL: "spot" if group.is_spot else "on-demand",
+    }
+
+
+def advertised_gpus(group: GpuNodeGroupSettings, device_plugin: DevicePluginSettings) -> int:
+    """`nvidia.com/gpu` a node of the group advertises (time-slicing multiplies it
+    unless the shared GPUs are renamed to `nvidia.com/gpu.shared`)."""
+    ts = device_plugin.time_slicing
+    if device_plugin.sharing_enabled and not ts.rename_by_default and not group.is_bottlerocket:
+        return group.gpus_per_node * ts.replicas
+    return group.gpus_per_node
+
+
+def autoscaler_tags(
+    cluster_name: str, group: GpuNodeGroupSettings, device_plugin: DevicePluginSettings
+) -> dict[str, str]:
+    """Cluster Autoscaler discovery and node-template tags for the group's ASG."""
+    tags = {
+        f"{CA_PREFIX}/enabled": "true",
+        f"{CA_PREFIX}/{cluster_name}": "owned",
+        f"{CA_PREFIX}/node-template/resources/{catalog.GPU_RESOURCE}": str(
+            advertised_gpus(group, device_plugin)
+        ),
+    }
+    for key, value in node_labels(group).items():
+        tags[f"{CA_PREFIX}/node-template/label/{key}"] = value
+    for taint in scheduling.gpu_node_taints(group.is_spot):
+        tags[f"{CA_PREFIX}/node-template/taint/{taint.key}"] = f"{taint.value}:{taint.effect}"
+    return tags
+
+
+def _asg_name(resources: Sequence[Any] | None) -> str:
+    """The Auto Scaling group EKS made for the node group (one per group)."""
+    groups = (resources or [None])[0]
+    asgs = getattr(groups, "autoscaling_groups", None) or []
+    if not asgs or not asgs[0].name:
+        raise pulumi.RunError("the EKS node group reports no Auto Scaling group")
+    return str(asgs[0].name)
+
+
+def _slug(key: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", key.lower()).strip("-")
+
+
+@dataclass(frozen=True)
+class GpuNodeGroupArgs:
+    group: GpuNodeGroupSettings
+    device_plugin: DevicePluginSettings
+    cluster_name: pulumi.Input[str]
+    cluster_name_plain: str  # for tag keys, which must be known strings
+    kubernetes_version: str
+    subnet_ids: pulumi.Input[list[str]]
+    partition: pulumi.Input[str]
+
+
+class GpuNodeGroup(pulumi.ComponentResource):
+    """An EKS managed GPU node group with its IAM role and autoscaler tags.
+
+    Outputs: `node_group_name`, `asg_name`, `role_arn`, `gpus_per_node`,
+    `max_gpus`, `instance_types`.
+    """
+
+    def __init__(
+        self, name: str, args: GpuNodeGroupArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("mlplatform:infra:GpuNodeGroup", name, None, opts)
+        group = args.group
+        self.role = iam.node_role(f"{name}-role", args.partition, parent=self)
+        desired = group.desired_size if group.desired_size is not None else group.min_size
+        self.node_group = aws.eks.NodeGroup(
+            f"{name}-nodes",
+            cluster_name=args.cluster_name,
+            node_role_arn=self.role.arn,
+            subnet_ids=args.subnet_ids,
+            version=args.kubernetes_version,
+            ami_type=group.ami_type,
+            capacity_type=group.capacity_type,
+            instance_types=list(group.instance_types),
+            disk_size=group.disk_size_gib,
+            scaling_config={
+                "min_size": group.min_size,
+                "desired_size": desired,
+                "max_size": group.max_size,
+            },
+            # One node at a time: GPU capacity is scarce and jobs are long.
+            update_config={"max_unavailable": 1},
+            # EKS replaces nodes whose GPUs fail health checks (XID errors, ...),
+            # reported by the node monitoring agent add-on.
+            node_repair_config={"enabled": True},
+            labels=node_labels(group),
+            taints=[
+                {"key": t.key, "value": t.value, "effect": t.aws_effect}
+                for t in scheduling.gpu_node_taints(group.is_spot)
+            ],
+            tags={"Name": f"{args.cluster_name_plain}-{group.name}"},
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[self.role],
+                # The cluster autoscaler owns the current size after creation.
+                ignore_changes=["scalingConfig.desiredSize"],
+            ),
+        )
+        self.asg_name = self.node_group.resources.apply(_asg_name)
+        self.asg_tags = [
+            aws.autoscaling.Tag(
+                f"{name}-asg-{_slug(key)}",
+                autoscaling_group_name=self.asg_name,
+                tag={"key": key, "value": value, "propagate_at_launch": False},
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+            for key, value in autoscaler_tags(
+                args.cluster_name_plain, group, args.device_plugin
+            ).items()
+        ]
+        self.node_group_name = self.node_group.node_group_name
+        self.role_arn = self.role.arn
+        self.gpus_per_node = group.gpus_per_node
+        self.max_gpus = group.max_gpus
+        self.instance_types = list(group.instance_types)
+        self.register_outputs(
+            {
+                "node_group_name": self.node_group_name,
+                "asg_name": self.asg_name,
+                "role_arn": self.role_arn,
+                "gpus_per_node": self.gpus_per_node,
+                "max_gpus": self.max_gpus,
+                "instance_types": self.instance_types,
+            }
+        )

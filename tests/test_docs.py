@@ -1,0 +1,20 @@
+"""The README's configuration reference is generated and must be current."""
+
+from tools import config_docs
+
+
+def test_readme_config_reference_is_current() -> None:
+    assert config_docs.main(["--check"]) == 0, "run `make docs`"
+
+
+def test_reference_covers_nested_keys() -> None:
+    text = config_docs.render()
+    for heading in (
+        "`mlplatform:cluster.vpc`",
+        "`mlplatform:gpuNodeGroups[]`",
+        "`mlplatform:teams[].quota`",
+        "`mlplatform:devicePlugin.timeSlicing`",
+    ):
+        assert f"#### {heading}" in text
+    assert "| `maxSize` | int | **required** |" in text
+    assert '| `natGateways` | `"single"` \\| `"perAz"` | `"perAz"` |' in text

@@ -1,0 +1,140 @@
+"""plan.md: the human summary of an offline preview, for pull-request review."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from infra.gpu_nodes import advertised_gpus
+
+if TYPE_CHECKING:
+    from tools.preview import Preview
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _ratio(part: int, whole: int) -> str:
+    return f"{part / whole:.0%}" if whole else ("n/a" if part == 0 else "no capacity")
+
+
+def render(preview: Preview) -> str:
+    s = preview.settings
+    run = preview.run
+    out: list[str] = [
+        f"# Plan: stack `{preview.stack}`",
+        "",
+        f"- Environment: `{s.environment}`",
+        f"- Cluster: `{s.cluster_name}` ({run.outputs.get('clusterMode', s.cluster.mode)}), "
+        f"Kubernetes {s.cluster.kubernetes_version}"
+        + (f", region {s.cluster.region}" if s.cluster.uses_aws else ""),
+        f"- {len(run.records)} resources, {len(preview.manifests)} Kubernetes manifests, "
+        f"{len(preview.findings)} policy findings "
+        f"({len(preview.mandatory_findings)} mandatory)",
+        "",
+        "## Resources by type",
+        "",
+    ]
+    counts = Counter(r.type for r in run.records)
+    out += _table(["type", "count"], [[f"`{t}`", str(n)] for t, n in sorted(counts.items())])
+
+    out += ["", "## GPU capacity", ""]
+    rows: list[list[str]] = []
+    for g in s.gpu_node_groups:
+        info = g.instance_type_info
+        advertised = advertised_gpus(g, s.device_plugin)
+        per_node = str(g.gpus_per_node) + (
+            f" ({advertised} advertised)" if advertised != g.gpus_per_node else ""
+        )
+        rows.append(
+            [
+                g.name,
+                ", ".join(g.instance_types),
+                f"{info.gpu_model} {info.gpu_memory_gib} GB",
+                g.capacity_type,
+                f"{g.min_size}-{g.max_size}",
+                per_node,
+                str(g.max_gpus),
+            ]
+        )
+    for n in s.cluster.existing_gpu_nodes:
+        rows.append(
+            [
+                n.name,
+                "(existing nodes)",
+                n.accelerator or "",
+                "",
+                f"{n.count}",
+                str(n.gpus_per_node),
+                str(n.count * n.gpus_per_node),
+            ]
+        )
+    rows.append(["**total**", "", "", "", "", "", f"**{s.gpu_capacity}**"])
+    out += _table(
+        [
+            "node group",
+            "instance types",
+            "GPU",
+            "capacity",
+            "nodes (min-max)",
+            "GPUs/node",
+            "max GPUs",
+        ],
+        rows,
+    )
+    out += [
+        "",
+        "Capacity is physical GPUs at every group's maxSize"
+        + (
+            f"; time-slicing advertises {s.device_plugin.time_slicing.replicas} slices per GPU."
+            if s.device_plugin.sharing_enabled
+            else "."
+        ),
+    ]
+
+    out += ["", "## Team GPU quotas", ""]
+    capacity = s.gpu_capacity
+    rows = [
+        [
+            t.name,
+            str(t.quota.gpus),
+            _ratio(t.quota.gpus, capacity),
+            str(s.max_gpus_per_container(t)),
+            "yes" if t.quota.overcommit else "no",
+        ]
+        for t in s.teams
+    ]
+    total = sum(t.quota.gpus for t in s.teams)
+    rows.append(["**total**", f"**{total}**", f"**{_ratio(total, capacity)}**", "", ""])
+    out += _table(
+        ["team", "GPU quota", "quota / capacity", "max GPUs per container", "overcommit"], rows
+    )
+
+    out += ["", "## Policy findings", ""]
+    if preview.findings:
+        out += _table(
+            ["level", "policy", "resource", "message"],
+            [
+                [f["level"], f"`{f['policy']}`", f"`{f['resource']}`", f["message"]]
+                for f in preview.findings
+            ],
+        )
+    else:
+        out.append("None.")
+
+    out += ["", "## Schema validation", ""]
+    validated = len(preview.manifests) - len(preview.unvalidated)
+    out.append(
+        f"{validated} manifests validated strictly (unknown fields are errors) against "
+        f"Kubernetes {s.cluster.kubernetes_version}; {len(preview.schema_problems)} failed."
+    )
+    for path, problems in sorted(preview.schema_problems.items()):
+        for p in problems:
+            out.append(f"- FAILED `{path}`: `{p.path}`: {p.message}")
+    if preview.unvalidated:
+        out += ["", "Not validated:", ""]
+        out += [f"- `{path}`: {reason}" for path, reason in sorted(preview.unvalidated.items())]
+    return "\n".join(out) + "\n"
