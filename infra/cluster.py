@@ -30,8 +30,10 @@ import pulumi_kubernetes as k8s
 from infra import catalog, iam, meta
 from infra.network import Vpc, VpcArgs
 from infra.settings import ClusterSettings
+from workloads.runtime import contract
 
 EBS_CSI_SERVICE_ACCOUNT = "ebs-csi-controller-sa"
+EFS_CSI_SERVICE_ACCOUNT = "efs-csi-controller-sa"
 
 
 def kubeconfig(
@@ -273,6 +275,14 @@ class Cluster(pulumi.ComponentResource):
             resolve_conflicts_on_update="OVERWRITE",
             opts=addon_opts,
         )
+        # HorizontalPodAutoscalers need the resource metrics API.
+        aws.eks.Addon(
+            f"{name}-metrics-server",
+            cluster_name=self.eks.name,
+            addon_name="metrics-server",
+            resolve_conflicts_on_update="OVERWRITE",
+            opts=addon_opts,
+        )
         aws.eks.Addon(
             f"{name}-node-monitoring",
             cluster_name=self.eks.name,
@@ -299,6 +309,86 @@ class Cluster(pulumi.ComponentResource):
             allow_volume_expansion=True,
             reclaim_policy="Delete",
             opts=pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=[ebs]),
+        )
+        if s.shared_storage_class:
+            self._shared_filesystem(name, s, vpc, oidc.arn, addon_opts)
+
+    def _shared_filesystem(
+        self,
+        name: str,
+        s: ClusterSettings,
+        vpc: Vpc,
+        oidc_arn: pulumi.Input[str],
+        addon_opts: pulumi.ResourceOptions,
+    ) -> None:
+        """EFS for ReadWriteMany checkpoints: encrypted, a mount target per zone,
+        NFS open to the VPC only, the EFS CSI driver with an IRSA role, and a
+        StorageClass whose access points belong to the runtime's user."""
+        assert s.shared_storage_class is not None and self.oidc_issuer_url is not None
+        child = pulumi.ResourceOptions(parent=self)
+        nfs = aws.ec2.SecurityGroup(
+            f"{name}-efs",
+            vpc_id=vpc.vpc_id,
+            description=f"NFS from the {self.cluster_name} VPC to its EFS mount targets",
+            ingress=[
+                {"protocol": "tcp", "from_port": 2049, "to_port": 2049, "cidr_blocks": [s.vpc.cidr]}
+            ],
+            tags={"Name": f"{self.cluster_name}-efs"},
+            opts=child,
+        )
+        fs = aws.efs.FileSystem(
+            f"{name}-efs",
+            encrypted=True,
+            performance_mode="generalPurpose",
+            throughput_mode="elastic",
+            tags={"Name": f"{self.cluster_name}-checkpoints"},
+            opts=child,
+        )
+        for i, subnet in enumerate(vpc.private_subnet_ids):
+            aws.efs.MountTarget(
+                f"{name}-efs-{i}",
+                file_system_id=fs.id,
+                subnet_id=subnet,
+                security_groups=[nfs.id],
+                opts=child,
+            )
+        role = iam.role_with_policies(
+            f"{name}-efs-csi-role",
+            assume_role_policy=iam.irsa_trust_policy(
+                oidc_arn, self.oidc_issuer_url, "kube-system", EFS_CSI_SERVICE_ACCOUNT
+            ),
+            policies=["service-role/AmazonEFSCSIDriverPolicy"],
+            partition=self.partition,
+            description=f"EFS CSI controller of {self.cluster_name}",
+            parent=self,
+        )
+        driver = aws.eks.Addon(
+            f"{name}-efs-csi",
+            cluster_name=self.eks.name,
+            addon_name="aws-efs-csi-driver",
+            service_account_role_arn=role.arn,
+            resolve_conflicts_on_update="OVERWRITE",
+            opts=addon_opts,
+        )
+        k8s.storage.v1.StorageClass(
+            f"{name}-shared",
+            metadata=meta.metadata(
+                s.shared_storage_class,
+                meta.labels("storage-class", s.shared_storage_class, "storage"),
+            ),
+            provisioner="efs.csi.aws.com",
+            parameters={
+                "provisioningMode": "efs-ap",
+                "fileSystemId": fs.id,
+                "directoryPerms": "700",
+                # Access points owned by the runtime image's user.
+                "uid": str(contract.RUN_AS_USER),
+                "gid": str(contract.RUN_AS_GROUP),
+                "basePath": "/checkpoints",
+            },
+            reclaim_policy="Delete",
+            volume_binding_mode="Immediate",
+            opts=pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=[driver]),
         )
 
     # -- existing EKS -----------------------------------------------------------

@@ -14,6 +14,18 @@ from infra.gpu_nodes import GpuNodeGroup, GpuNodeGroupArgs
 from infra.scheduling import PriorityClasses
 from infra.settings import PlatformSettings
 from infra.tenancy import TeamNamespace, TeamNamespaceArgs
+from workloads.batch import BatchInference, BatchInferenceArgs, BatchInferenceSpec
+from workloads.common import WorkloadContext
+from workloads.distributed import (
+    DistributedTraining,
+    DistributedTrainingArgs,
+    DistributedTrainingSpec,
+)
+from workloads.image import RuntimeImage, RuntimeImageArgs
+from workloads.serving import InferenceService, InferenceServiceArgs, InferenceServiceSpec
+from workloads.training import TrainingJob, TrainingJobArgs, TrainingJobSpec
+
+Workload = TrainingJob | DistributedTraining | InferenceService | BatchInference
 
 
 class Platform(pulumi.ComponentResource):
@@ -95,7 +107,47 @@ class Platform(pulumi.ComponentResource):
             )
             for team in s.teams
         }
+        self.runtime_image = (
+            RuntimeImage(
+                f"{name}-runtime-image", RuntimeImageArgs(settings=s.runtime_image), opts=aws_opts
+            )
+            if s.runtime_image.configured
+            else None
+        )
+        self.workloads: dict[str, Workload] = {}
+        for spec in s.workloads:
+            self.workloads[f"{spec.team}/{spec.name}"] = self._workload(name, spec, k8s_opts)
         self.register_outputs(self.stack_outputs())
+
+    def _workload(self, name: str, spec: object, opts: pulumi.ResourceOptions) -> Workload:
+        s = self.settings
+        assert isinstance(
+            spec,
+            (TrainingJobSpec, DistributedTrainingSpec, InferenceServiceSpec, BatchInferenceSpec),
+        )
+        team = self.teams[spec.team]
+        team_settings = s.team(spec.team)
+        assert team_settings is not None  # validated
+        ctx = WorkloadContext(
+            environment=s.environment,
+            namespace=team.namespace,
+            runtime_image=self.runtime_image.ref if self.runtime_image else "",
+            spot_priority_classes=tuple(s.scheduling.spot_priority_classes),
+            storage_class=s.cluster.storage_class,
+            shared_storage_class=s.cluster.shared_storage_class,
+            gateway_namespace=s.serving.gateway_namespace,
+            team_allows_https_egress=team_settings.network.allow_https_egress,
+            team_allows_intra_namespace=team_settings.network.allow_intra_namespace,
+            depends_on=(team, self.priority_classes),
+        )
+        resource_name = f"{name}-{spec.team}-{spec.name}"
+        if isinstance(spec, TrainingJobSpec):
+            return TrainingJob(resource_name, TrainingJobArgs(spec, ctx), opts=opts)
+        if isinstance(spec, DistributedTrainingSpec):
+            return DistributedTraining(resource_name, DistributedTrainingArgs(spec, ctx), opts=opts)
+        if isinstance(spec, InferenceServiceSpec):
+            return InferenceService(resource_name, InferenceServiceArgs(spec, ctx), opts=opts)
+        return BatchInference(resource_name, BatchInferenceArgs(spec, ctx), opts=opts)
 
     def stack_outputs(self) -> dict[str, Any]:
         s = self.settings
@@ -121,4 +173,25 @@ class Platform(pulumi.ComponentResource):
             "gpuCapacity": s.gpu_capacity,
             "teamNamespaces": {name: team.namespace for name, team in self.teams.items()},
             "priorityClasses": sorted(self.priority_classes.names),
+            "runtimeImage": self.runtime_image.ref if self.runtime_image else None,
+            "workloads": {
+                key: {
+                    "kind": spec.kind,
+                    "team": spec.team,
+                    "namespace": spec.team,
+                    "name": spec.name,
+                }
+                for key, spec in ((f"{w.team}/{w.name}", w) for w in s.workloads)
+            },
+            "inferenceEndpoints": {
+                key: {
+                    "url": w.url,
+                    "namespace": w.namespace,
+                    "serviceName": w.service_name,
+                    "model": w.model_name,
+                    "protocol": w.protocol,
+                }
+                for key, w in self.workloads.items()
+                if isinstance(w, InferenceService)
+            },
         }

@@ -25,6 +25,7 @@ import json
 import types
 import typing
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
 
 import pulumi
@@ -50,6 +51,11 @@ from infra.config_types import (
     check_scaling,
     format_loc,
 )
+from workloads.batch import BatchInferenceSpec
+from workloads.distributed import DistributedTrainingSpec
+from workloads.image import RuntimeImageSettings
+from workloads.serving import InferenceServiceSpec
+from workloads.training import TrainingJobSpec
 
 NAMESPACE = "mlplatform"
 
@@ -191,6 +197,13 @@ class ClusterSettings(_Model):
         description="StorageClass for checkpoint and model PVCs. `create` mode installs "
         "the EBS CSI driver and an encrypted `gp3` class; in `existing` mode name one "
         "the cluster has.",
+    )
+    shared_storage_class: str | None = Field(
+        None,
+        description="ReadWriteMany StorageClass for checkpoints shared by the nodes of a "
+        "distributed run. In `create` mode, setting it creates an encrypted EFS file "
+        "system, the EFS CSI driver and a class of this name; in `existing` mode name one "
+        "the cluster has. Unset: multi-node training needs an existing RWX claim.",
     )
     vpc: VpcSettings = Field(default_factory=VpcSettings, description="VPC (`create` mode).")
     system_nodes: SystemNodeGroupSettings = Field(
@@ -567,6 +580,33 @@ class TeamSettings(_Model):
         return self
 
 
+class ServingSettings(_Model):
+    """How inference services are reached."""
+
+    gateway_namespace: DnsLabel = Field(
+        "gateway",
+        description="Namespace of the ingress gateway (Envoy Gateway, Istio, NGINX, ...): "
+        "inference services admit traffic from it.",
+    )
+
+
+WorkloadSettings = Annotated[
+    TrainingJobSpec | DistributedTrainingSpec | InferenceServiceSpec | BatchInferenceSpec,
+    Field(discriminator="kind"),
+]
+WORKLOAD_KINDS = ("training", "distributed", "inference", "batch")
+
+
+@dataclass(frozen=True)
+class GpuPool:
+    """Nodes of one GPU shape a workload may land on."""
+
+    name: str
+    gpus_per_node: int
+    accelerator: str | None
+    spot: bool
+
+
 class MonitoringSettings(_Model):
     """Where the monitoring stack lives."""
 
@@ -601,6 +641,16 @@ class PlatformSettings(_Model):
         default_factory=MonitoringSettings, description="Monitoring."
     )
     tags: dict[str, str] = Field({}, description="Extra tags on every AWS resource.")
+    runtime_image: RuntimeImageSettings = Field(
+        default_factory=RuntimeImageSettings,
+        description="The runtime image workloads run unless they name their own.",
+    )
+    serving: ServingSettings = Field(default_factory=ServingSettings, description="Serving.")
+    workloads: list[WorkloadSettings] = Field(
+        [],
+        description="Workloads, each with `kind`: `training`, `distributed`, `inference` "
+        "or `batch`.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> PlatformSettings:
@@ -666,11 +716,130 @@ class PlatformSettings(_Model):
                             f"(devicePlugin.migStrategy is {dp.mig_strategy!r})",
                         )
                     )
+        problems += self._check_workloads()
         if problems:
             raise FieldProblems(problems)
         return self
 
+    def _check_workloads(self) -> list[tuple[Loc, str]]:
+        problems: list[tuple[Loc, str]] = []
+        teams = {t.name: t for t in self.teams}
+        known_accelerators = {p.accelerator for p in self.gpu_pools if p.accelerator}
+        seen: dict[tuple[str, str], int] = {}
+        dp = self.device_plugin
+        if self.runtime_image.build is not None and not self.cluster.uses_aws:
+            problems.append(
+                (
+                    ("runtimeImage", "build"),
+                    "building needs ECR (AWS); use `ref` with a kubeconfig context",
+                )
+            )
+        for i, w in enumerate(self.workloads):
+            at = ("workloads", i)
+            team = teams.get(w.team)
+            if team is None:
+                problems.append(
+                    (
+                        (*at, "team"),
+                        f"unknown team {w.team!r}; teams: {', '.join(sorted(teams)) or 'none'}",
+                    )
+                )
+            key = (w.team, w.name)
+            if key in seen:
+                problems.append(
+                    (
+                        (*at, "name"),
+                        f"{w.name!r} is already used in team {w.team!r} by workloads[{seen[key]}]",
+                    )
+                )
+            seen.setdefault(key, i)
+            if w.needs_runtime_image and not self.runtime_image.configured:
+                problems.append(
+                    (
+                        (*at, "image"),
+                        "runs the platform runtime image: set mlplatform:runtimeImage "
+                        "(`ref` or `build`) or give the workload its own image and command",
+                    )
+                )
+            for j, acc in enumerate(w.accelerators):
+                if acc not in known_accelerators:
+                    problems.append(
+                        (
+                            (*at, "accelerators", j),
+                            f"{acc!r} is on no node group; the stack has "
+                            f"{', '.join(sorted(known_accelerators)) or 'no labelled GPU nodes'}",
+                        )
+                    )
+            if w.mig_profile and dp.mig_strategy != "mixed":
+                problems.append(
+                    (
+                        (*at, "migProfile"),
+                        "MIG resources per profile need devicePlugin.migStrategy: mixed",
+                    )
+                )
+            if w.gpus and not w.mig_profile:
+                pools = self.pools_for(w.priority_class, w.accelerators)
+                if not pools:
+                    problems.append(
+                        (
+                            (*at, "gpus"),
+                            f"no GPU nodes it may run on (priority class {w.priority_class!r} "
+                            "does not tolerate spot, or no group has the accelerators asked for)",
+                        )
+                    )
+                else:
+                    largest = max(p.gpus_per_node for p in pools)
+                    if w.gpus > largest:
+                        problems.append(
+                            (
+                                (*at, "gpus"),
+                                f"{w.gpus} GPUs per pod: the largest node it may use has {largest}",
+                            )
+                        )
+                if team is not None and w.gpus > self.max_gpus_per_container(team):
+                    problems.append(
+                        (
+                            (*at, "gpus"),
+                            f"{w.gpus} is over team {team.name!r}'s limit of "
+                            f"{self.max_gpus_per_container(team)} GPUs per container",
+                        )
+                    )
+            shared_class = self.cluster.shared_storage_class
+            if (
+                isinstance(w, DistributedTrainingSpec)
+                and w.nodes > 1
+                and w.checkpoint.claim is None
+                and not (w.checkpoint.storage_class or shared_class)
+            ):
+                problems.append(
+                    (
+                        (*at, "checkpoint", "storageClass"),
+                        "nodes share checkpoints: name a ReadWriteMany class here or set "
+                        "cluster.sharedStorageClass (or use an existing RWX claim)",
+                    )
+                )
+        return problems
+
     # Derived facts -------------------------------------------------------
+
+    @property
+    def gpu_pools(self) -> list[GpuPool]:
+        return [
+            GpuPool(g.name, g.gpus_per_node, g.instance_type_info.accelerator, g.is_spot)
+            for g in self.gpu_node_groups
+        ] + [
+            GpuPool(n.name, n.gpus_per_node, n.accelerator, False)
+            for n in self.cluster.existing_gpu_nodes
+        ]
+
+    def pools_for(self, priority_class: str, accelerators: list[str]) -> list[GpuPool]:
+        """The GPU pools a pod of this class (and accelerator choice) can land on."""
+        spot_ok = priority_class in self.scheduling.spot_priority_classes
+        return [
+            p
+            for p in self.gpu_pools
+            if (not accelerators or p.accelerator in accelerators) and (spot_ok or not p.spot)
+        ]
 
     @property
     def cluster_name(self) -> str:
@@ -775,12 +944,34 @@ def _problems_from(exc: ValidationError) -> list[tuple[str, str]]:
             for rel, msg in cause.problems:
                 problems.append((_key_path(loc + rel), msg))
             continue
+        if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            tag = (err.get("ctx") or {}).get("tag")
+            kinds = ", ".join(WORKLOAD_KINDS)
+            message = (
+                f"unknown kind {tag!r}; use one of {kinds}"
+                if tag
+                else f"`kind` is missing ({kinds})"
+            )
+            problems.append((_key_path((*loc, "kind")), message))
+            continue
         problems.append((_key_path(loc), _message(err, loc)))
     return problems
 
 
 def _key_path(loc: Loc) -> str:
-    return f"{NAMESPACE}:{format_loc(loc)}"
+    """`mlplatform:<path>`, without the union tags pydantic puts in locations
+    (`workloads[0].training.gpus` is shown as `workloads[0].gpus`)."""
+    shown = [
+        part
+        for k, part in enumerate(loc)
+        if not (
+            k >= 2
+            and part in WORKLOAD_KINDS
+            and loc[k - 2] == "workloads"
+            and isinstance(loc[k - 1], int)
+        )
+    ]
+    return f"{NAMESPACE}:{format_loc(tuple(shown))}"
 
 
 def _message(err: Any, loc: Loc) -> str:

@@ -63,12 +63,12 @@ def _default(field: Any) -> str:
 def render() -> str:
     lines: list[str] = [START, ""]
     queue: list[tuple[str, type[BaseModel]]] = [("", PlatformSettings)]
-    seen: set[str] = set()
+    seen: set[type[BaseModel]] = set()  # a model shared by several keys is documented once
     while queue:
         path, model = queue.pop(0)
-        if path in seen:
+        if model in seen:
             continue
-        seen.add(path)
+        seen.add(model)
         title = f"`{NAMESPACE}:*`" if not path else f"`{NAMESPACE}:{path}`"
         lines += [
             f"#### {title}",
@@ -81,13 +81,22 @@ def render() -> str:
             key = field.alias or name
             desc = (field.description or "").replace("|", "\\|").replace("\n", " ")
             lines.append(f"| `{key}` | {_type(field.annotation)} | {_default(field)} | {desc} |")
-            for sub in _models(field.annotation):
+            subs = _models(field.annotation)
+            for sub in subs:
                 is_list = typing.get_origin(_strip(field.annotation)) is list
-                sub_path = f"{path}.{key}" if path else key
-                queue.append((sub_path + ("[]" if is_list else ""), sub))
+                sub_path = (f"{path}.{key}" if path else key) + ("[]" if is_list else "")
+                if len(subs) > 1:  # a tagged union: one section per kind
+                    sub_path = sub_path.removesuffix("[]") + f"[kind={_kind(sub)}]"
+                queue.append((sub_path, sub))
         lines.append("")
     lines.append(END)
     return "\n".join(lines)
+
+
+def _kind(model: type[BaseModel]) -> str:
+    field = model.model_fields.get("kind")
+    args = typing.get_args(field.annotation) if field else ()
+    return str(args[0]) if args else model.__name__
 
 
 def _strip(annotation: Any) -> Any:

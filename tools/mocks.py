@@ -101,6 +101,7 @@ class RecordingMonitor(MockMonitor):
             "ignoreChanges": list(request.ignoreChanges),
             "replaceOnChanges": list(request.replaceOnChanges),
             "deleteBeforeReplace": request.deleteBeforeReplace,
+            "retainOnDelete": request.retainOnDelete,
             "dependsOn": sorted(urn_name(u) for u in request.dependencies),
             "aliases": [json_format.MessageToDict(a) for a in request.aliases],
             # A provider reference is "<urn>::<id>".
@@ -237,12 +238,21 @@ def _with_id(prefix: str) -> ResourceHandler:
     return handler
 
 
-def _named(service: str, kind: str) -> ResourceHandler:
-    def handler(m: PlatformMocks, a: MockResourceArgs) -> tuple[str, dict[str, Any]]:
-        name = m.physical_name(a)
-        return name, {"name": name, "arn": m.arn(service, f"{kind}/{name}")}
+def _ecr_repository(m: PlatformMocks, a: MockResourceArgs) -> tuple[str, dict[str, Any]]:
+    name = m.physical_name(a)
+    return name, {
+        "name": name,
+        "arn": m.arn("ecr", f"repository/{name}"),
+        "registryId": m.account_id,
+        "repositoryUrl": f"{m.account_id}.dkr.ecr.{m.region}.amazonaws.com/{name}",
+    }
 
-    return handler
+
+def _docker_image(m: PlatformMocks, a: MockResourceArgs) -> tuple[str, dict[str, Any]]:
+    # The digest a real build would report: stable for the same tags (source hash).
+    digest = "sha256:" + hashlib.sha256(repr(a.inputs.get("tags")).encode()).hexdigest()
+    tags = a.inputs.get("tags") or [""]
+    return digest, {"digest": digest, "ref": f"{str(tags[0]).rsplit(':', 1)[0]}@{digest}"}
 
 
 _RESOURCE_OUTPUTS: dict[str, ResourceHandler] = {
@@ -257,7 +267,11 @@ _RESOURCE_OUTPUTS: dict[str, ResourceHandler] = {
     "aws:ec2/natGateway:NatGateway": _with_id("nat"),
     "aws:ec2/eip:Eip": _with_id("eipalloc"),
     "aws:ec2/routeTable:RouteTable": _with_id("rtb"),
-    "aws:ecr/repository:Repository": _named("ecr", "repository"),
+    "aws:ecr/repository:Repository": _ecr_repository,
+    "aws:ec2/securityGroup:SecurityGroup": _with_id("sg"),
+    "aws:efs/fileSystem:FileSystem": _with_id("fs"),
+    "aws:efs/mountTarget:MountTarget": _with_id("fsmt"),
+    "docker-build:index:Image": _docker_image,
 }
 
 
@@ -311,7 +325,19 @@ def _get_eks_cluster(m: PlatformMocks, a: MockCallArgs) -> dict[str, Any]:
     return state
 
 
+def _get_ecr_token(m: PlatformMocks, a: MockCallArgs) -> dict[str, Any]:
+    return {
+        "id": m.region,
+        "authorizationToken": "QVdTOm1vY2s=",
+        "userName": "AWS",
+        "password": "mock-ecr-password",
+        "proxyEndpoint": f"https://{m.account_id}.dkr.ecr.{m.region}.amazonaws.com",
+        "expiresAt": "2030-01-01T00:00:00Z",
+    }
+
+
 _CALLS: dict[str, CallHandler] = {
+    "aws:ecr/getAuthorizationToken:getAuthorizationToken": _get_ecr_token,
     "aws:index/getAvailabilityZones:getAvailabilityZones": _get_azs,
     "aws:index/getPartition:getPartition": _get_partition,
     "aws:index/getCallerIdentity:getCallerIdentity": _get_caller_identity,

@@ -113,6 +113,32 @@ def render(preview: Preview) -> str:
         ["team", "GPU quota", "quota / capacity", "max GPUs per container", "overcommit"], rows
     )
 
+    out += ["", "## Workloads", ""]
+    if s.workloads:
+        rows = []
+        for w in s.workloads:
+            gpu = w.gpu_resource.removeprefix("nvidia.com/") if w.gpus else "-"
+            schedule = getattr(w, "schedule", None)
+            rows.append(
+                [
+                    f"{w.team}/{w.name}",
+                    w.kind + (f" ({schedule})" if schedule else ""),
+                    w.priority_class,
+                    str(w.pods),
+                    f"{w.gpus} {gpu}" if w.gpus else "-",
+                    str(w.pods * w.gpus),
+                ]
+            )
+        out += _table(["workload", "kind", "priority class", "pods", "GPUs per pod", "GPUs"], rows)
+        always_on = sum(w.pods * w.gpus for w in s.workloads if w.kind == "inference")
+        out += [
+            "",
+            f"Always-on GPU demand (inference at minReplicas, canaries included): "
+            f"{always_on} of {capacity} GPUs ({_ratio(always_on, capacity)}).",
+        ]
+    else:
+        out.append("None.")
+
     out += ["", "## Policy findings", ""]
     if preview.findings:
         out += _table(

@@ -162,6 +162,8 @@ class Container:
     ports: Mapping[str, int] = field(default_factory=dict)  # name -> containerPort (TCP)
     probes: Probes = Probes()
     mounts: Sequence[Mount] = ()
+    # Keep serving while endpoints drop the terminating pod (kubelet sleep action).
+    pre_stop_sleep_seconds: int = 0
     # node-daemon profile only:
     run_as_root: bool = False
     add_capabilities: Sequence[str] = ()
@@ -338,6 +340,8 @@ def _container(c: Container, spec: PodSpec, implicit: list[Mount]) -> dict[str, 
         probe = getattr(c.probes, kind)
         if probe is not None:
             out[f"{kind}Probe"] = probe.manifest()
+    if c.pre_stop_sleep_seconds:
+        out["lifecycle"] = {"preStop": {"sleep": {"seconds": c.pre_stop_sleep_seconds}}}
     mounts = [*implicit, *c.mounts]
     out["volumeMounts"] = [_mount(m) for m in mounts]
     return out

@@ -1,0 +1,391 @@
+"""InferenceService: the runtime's model server (KServe Open Inference Protocol
+v2 and v1) as Deployment + ClusterIP Service + HorizontalPodAutoscaler +
+PodDisruptionBudget, on GPUs or CPUs.
+
+- Probes: a startup probe on readiness gives model loading and warm-up up to
+  `startupSeconds` before liveness applies; readiness is
+  `/v2/health/ready` (true only once the model is loaded and warmed),
+  liveness `/v2/health/live`.
+- Rolling updates never drop below the current capacity (maxUnavailable 0);
+  on SIGTERM the server stops reporting ready and drains in-flight requests;
+  a preStop sleep covers the time endpoints take to drop the pod.
+- HPA (autoscaling/v2) owns the replica count (the Deployment does not set
+  it): CPU utilisation and optionally a per-pod custom metric (served by a
+  Prometheus adapter), scale-up fast, scale-down slow.
+- The model comes from object storage (an init container with the workload's
+  IRSA role copies it to an emptyDir) or from a PVC.
+- Canary: a second Deployment (`<name>-canary`, its own image or model) behind
+  the same Service. A ClusterIP Service spreads connections over ready pods, so
+  the canary's share is its share of pods: `weight` percent of the pods at
+  minReplicas. Exact weighted routing needs a gateway or mesh.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import pulumi
+import pulumi_kubernetes as k8s
+from pydantic import Field, model_validator
+
+from infra import catalog, meta
+from infra.config_types import FieldProblems, Loc, PriorityClassName, Quantity, _Model
+from workloads import common, pod
+from workloads.runtime import contract
+
+HTTP_PORT_NAME = "http"
+SERVICE_PORT = 80
+TRACK_LABEL = f"{catalog.LABEL_PREFIX}/track"
+PROTOCOL = "kserve-v2"  # and v1; see workloads/runtime/README.md
+
+
+class CustomMetric(_Model):
+    """A per-pod metric for the HPA (served by a Prometheus adapter)."""
+
+    name: str = Field(
+        "mlserve_inflight_requests",
+        description="Pods metric name as the metrics API serves it.",
+    )
+    target_average_value: str = Field("8", description="Scale to keep the per-pod average at this.")
+
+
+class Canary(_Model):
+    """A second version receiving a share of the traffic."""
+
+    weight: int = Field(ge=1, le=50, description="Percent of pods (and so of traffic), 1-50.")
+    image: common.ImageRef | None = Field(
+        None, description="Canary image. Default: the stable one."
+    )
+    model_uri: str | None = Field(
+        None, description="Canary model (s3://). Default: the stable one."
+    )
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> Canary:
+        if self.image is None and self.model_uri is None:
+            raise FieldProblems([((), "a canary needs its own `image` or `modelUri`")])
+        if self.model_uri is not None and not self.model_uri.startswith("s3://"):
+            raise FieldProblems([(("modelUri",), f"{self.model_uri!r} is not an s3:// URI")])
+        return self
+
+
+class InferenceServiceSpec(common.WorkloadSpec):
+    """An online model server (kind `inference`)."""
+
+    runtime_program: ClassVar[str] = "serve"
+
+    kind: Literal["inference"] = Field(description="`inference`.")
+    model: common.ModelSource = Field(description="Where the model comes from (required).")
+    model_name: str | None = Field(
+        None, description="Model name in the API paths. Default: `name`."
+    )
+    cpu: Quantity = Field("2", description="CPU request.")
+    memory: Quantity = Field("4Gi", description="Memory request and limit.")
+    priority_class: PriorityClassName = Field("serving-critical", description="PriorityClass.")
+    min_replicas: int = Field(2, ge=1, description="HPA minimum (2 survives a node loss).")
+    max_replicas: int = Field(4, ge=1, description="HPA maximum.")
+    target_cpu_utilization: int = Field(
+        70, ge=10, le=100, description="HPA CPU target, percent of the request."
+    )
+    custom_metric: CustomMetric | None = Field(
+        None, description="A per-pod metric for the HPA as well (the better signal on GPUs)."
+    )
+    max_batch_size: int = Field(32, ge=1, le=1024, description="Dynamic batching: largest batch.")
+    max_batch_delay_ms: float = Field(
+        5, ge=0, le=1000, description="Dynamic batching: longest wait."
+    )
+    max_queue_size: int = Field(256, ge=1, description="Requests queued before answering 503.")
+    startup_seconds: int = Field(600, ge=30, description="Time allowed to load and warm the model.")
+    canary: Canary | None = Field(None, description="A canary version.")
+    termination_grace_period_seconds: int = Field(
+        60, ge=15, le=3600, description="Drain time on SIGTERM."
+    )
+
+    @model_validator(mode="after")
+    def _check_serving(self) -> InferenceServiceSpec:
+        problems: list[tuple[Loc, str]] = []
+        if self.min_replicas > self.max_replicas:
+            problems.append(
+                (
+                    ("minReplicas",),
+                    f"{self.min_replicas} is greater than maxReplicas ({self.max_replicas})",
+                )
+            )
+        if problems:
+            raise FieldProblems(problems)
+        return self
+
+    @property
+    def served_model_name(self) -> str:
+        return self.model_name or self.name
+
+    @property
+    def canary_replicas(self) -> int:
+        if self.canary is None:
+            return 0
+        w = self.canary.weight
+        return max(1, math.ceil(self.min_replicas * w / (100 - w)))
+
+    @property
+    def pods(self) -> int:
+        return self.min_replicas + self.canary_replicas
+
+    @property
+    def needs_runtime_image(self) -> bool:
+        return self.uses_runtime or self.model.uri is not None
+
+    @property
+    def object_storage_uris(self) -> list[str]:
+        uris = [self.model.uri] if self.model.uri else []
+        if self.canary and self.canary.model_uri:
+            uris.append(self.canary.model_uri)
+        return uris
+
+    def runtime_args(self) -> list[str]:
+        return [
+            f"--model-dir={contract.MODEL_DIR}",
+            f"--model-name={self.served_model_name}",
+            f"--port={contract.SERVE_PORT}",
+            f"--max-batch-size={self.max_batch_size}",
+            f"--max-batch-delay-ms={self.max_batch_delay_ms:g}",
+            f"--max-queue-size={self.max_queue_size}",
+        ]
+
+
+@dataclass(frozen=True)
+class InferenceServiceArgs:
+    spec: InferenceServiceSpec
+    context: common.WorkloadContext
+
+
+class InferenceService(pulumi.ComponentResource):
+    """A model server with autoscaling, disruption budget and optional canary.
+
+    Outputs: `url` (in-cluster), `service_name`, `namespace`, `model_name`,
+    `protocol`, `min_replicas`, `max_replicas`.
+    """
+
+    def __init__(
+        self, name: str, args: InferenceServiceArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("mlplatform:workloads:InferenceService", name, None, opts)
+        spec, ctx = args.spec, args.context
+        labels = common.workload_labels(spec, "inference")
+        selector = meta.selector(labels)
+        sa = common.service_account(name, spec, ctx, labels, self)
+        child = ctx.opts(self, sa)
+
+        self.deployment = self._deployment(
+            f"{name}-deployment", spec, ctx, labels, "stable", spec.image, spec.model, child
+        )
+        if spec.canary is not None:
+            model = spec.model
+            if spec.canary.model_uri:
+                model = common.ModelSource(
+                    uri=spec.canary.model_uri, cache_size=spec.model.cache_size
+                )
+            self.canary = self._deployment(
+                f"{name}-canary",
+                spec,
+                ctx,
+                labels,
+                "canary",
+                spec.canary.image or spec.image,
+                model,
+                child,
+                replicas=spec.canary_replicas,
+            )
+        self.service = k8s.core.v1.Service(
+            f"{name}-service",
+            metadata=meta.metadata(spec.name, labels, ctx.namespace),
+            spec={
+                "type": "ClusterIP",
+                "selector": selector,  # both tracks
+                "ports": [
+                    {
+                        "name": HTTP_PORT_NAME,
+                        "port": SERVICE_PORT,
+                        "targetPort": HTTP_PORT_NAME,
+                        "protocol": "TCP",
+                    }
+                ],
+            },
+            opts=ctx.opts(self),
+        )
+        metrics: list[dict[str, Any]] = [
+            {
+                "type": "Resource",
+                "resource": {
+                    "name": "cpu",
+                    "target": {
+                        "type": "Utilization",
+                        "averageUtilization": spec.target_cpu_utilization,
+                    },
+                },
+            }
+        ]
+        if spec.custom_metric is not None:
+            metrics.append(
+                {
+                    "type": "Pods",
+                    "pods": {
+                        "metric": {"name": spec.custom_metric.name},
+                        "target": {
+                            "type": "AverageValue",
+                            "averageValue": spec.custom_metric.target_average_value,
+                        },
+                    },
+                }
+            )
+        self.hpa = k8s.autoscaling.v2.HorizontalPodAutoscaler(
+            f"{name}-hpa",
+            metadata=meta.metadata(spec.name, labels, ctx.namespace),
+            spec={
+                "scaleTargetRef": {
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "name": spec.name,
+                },
+                "minReplicas": spec.min_replicas,
+                "maxReplicas": spec.max_replicas,
+                "metrics": metrics,
+                "behavior": {
+                    # Up: react at once, double or add 4 pods a minute, whichever is more.
+                    "scaleUp": {
+                        "stabilizationWindowSeconds": 0,
+                        "selectPolicy": "Max",
+                        "policies": [
+                            {"type": "Percent", "value": 100, "periodSeconds": 60},
+                            {"type": "Pods", "value": 4, "periodSeconds": 60},
+                        ],
+                    },
+                    # Down: only after 5 minutes of lower load, 10 percent a minute;
+                    # a GPU replica takes minutes to come back.
+                    "scaleDown": {
+                        "stabilizationWindowSeconds": 300,
+                        "selectPolicy": "Max",
+                        "policies": [{"type": "Percent", "value": 10, "periodSeconds": 60}],
+                    },
+                },
+            },
+            opts=ctx.opts(self, self.deployment),
+        )
+        self.pdb = k8s.policy.v1.PodDisruptionBudget(
+            f"{name}-pdb",
+            metadata=meta.metadata(spec.name, labels, ctx.namespace),
+            spec={
+                "maxUnavailable": 1,
+                "selector": {"matchLabels": selector},
+                # A pod that is not running anyway must not block node drains.
+                "unhealthyPodEvictionPolicy": "AlwaysAllow",
+            },
+            opts=ctx.opts(self),
+        )
+        common.create_network_policies(
+            name,
+            common.network_policies(
+                "inference", spec, ctx, selector, http_port=contract.SERVE_PORT
+            ),
+            ctx,
+            labels,
+            self,
+        )
+        self.service_name = spec.name
+        self.namespace = ctx.namespace
+        self.url = f"http://{spec.name}.{ctx.namespace}.svc.cluster.local"
+        self.model_name = spec.served_model_name
+        self.protocol = PROTOCOL
+        self.min_replicas = spec.min_replicas
+        self.max_replicas = spec.max_replicas
+        self.register_outputs(
+            {
+                "url": self.url,
+                "service_name": self.service_name,
+                "namespace": self.namespace,
+                "model_name": self.model_name,
+                "protocol": self.protocol,
+                "min_replicas": self.min_replicas,
+                "max_replicas": self.max_replicas,
+            }
+        )
+
+    @staticmethod
+    def _deployment(
+        resource_name: str,
+        spec: InferenceServiceSpec,
+        ctx: common.WorkloadContext,
+        labels: dict[str, str],
+        track: Literal["stable", "canary"],
+        image: str | None,
+        model: common.ModelSource,
+        opts: pulumi.ResourceOptions,
+        replicas: int | None = None,
+    ) -> k8s.apps.v1.Deployment:
+        track_labels = {**labels, TRACK_LABEL: track}
+        volumes, init, model_mount = common.model_volume(model, ctx, spec)
+        command, args = common.entrypoint(
+            spec, ["python", "-m", contract.SERVE_MODULE], spec.runtime_args()
+        )
+        period = 5
+        container = pod.Container(
+            name="server",
+            image=image or ctx.runtime_image,  # type: ignore[arg-type]
+            command=command,
+            args=args,
+            env=common.container_env(spec),
+            ports={HTTP_PORT_NAME: contract.SERVE_PORT},
+            resources=common.resources(spec),
+            mounts=[model_mount],
+            probes=pod.Probes(
+                startup=pod.HttpProbe(
+                    contract.HEALTH_READY_PATH,
+                    HTTP_PORT_NAME,
+                    period_seconds=period,
+                    failure_threshold=math.ceil(spec.startup_seconds / period),
+                ),
+                readiness=pod.HttpProbe(
+                    contract.HEALTH_READY_PATH, HTTP_PORT_NAME, period_seconds=period
+                ),
+                liveness=pod.HttpProbe(
+                    contract.HEALTH_LIVE_PATH,
+                    HTTP_PORT_NAME,
+                    period_seconds=10,
+                    failure_threshold=3,
+                ),
+            ),
+            pre_stop_sleep_seconds=5,
+        )
+        name = spec.name if track == "stable" else f"{spec.name}-canary"
+        template = common.pod_spec(
+            spec,
+            ctx,
+            track_labels,
+            [container],
+            init_containers=init,
+            volumes=volumes,
+            shm_size=spec.shm_size if spec.gpus else None,
+            annotations={
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": str(contract.SERVE_PORT),
+                "prometheus.io/path": contract.METRICS_PATH,
+            },
+        )
+        deployment_spec: dict[str, Any] = {
+            "selector": {"matchLabels": {**meta.selector(labels), TRACK_LABEL: track}},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+            },
+            "revisionHistoryLimit": 5,
+            "template": template,
+        }
+        if replicas is not None:
+            deployment_spec["replicas"] = replicas  # the canary; the HPA owns the stable count
+        return k8s.apps.v1.Deployment(
+            resource_name,
+            metadata=meta.metadata(name, track_labels, ctx.namespace),
+            spec=deployment_spec,
+            opts=opts,
+        )
