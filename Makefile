@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 RT_PY := $(RT_VENV)/bin/python
 PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: test test-infra test-runtime lint typecheck preview preview-all bench docs clean
+.PHONY: test test-infra test-runtime lint typecheck preview preview-all bench docs clean venv venv-runtime venv-kserve
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,15 @@ $(RT_VENV)/.installed: workloads/runtime/requirements.txt workloads/runtime/requ
 	$(RT_PY) -m pip install $(PIP_FLAGS) -r workloads/runtime/requirements-test.txt
 	touch $@
 
+# KServe's ModelServer, only for `make bench` (the comparison server).
+.venv-kserve/.installed: workloads/runtime/requirements.txt
+	$(PYTHON) -m venv .venv-kserve
+	.venv-kserve/bin/python -m pip install $(PIP_FLAGS) kserve==0.21.0 torch==2.13.0
+	touch $@
+
 venv: $(VENV)/.installed
 venv-runtime: $(RT_VENV)/.installed
+venv-kserve: .venv-kserve/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
@@ -41,7 +48,7 @@ test-infra: $(VENV)/.installed
 test-runtime: $(RT_VENV)/.installed
 	$(RT_PY) -m pytest -q tests/runtime
 
-test: lint typecheck test-infra
+test: lint typecheck test-infra test-runtime
 
 preview: $(VENV)/.installed
 	$(PY) -m tools.preview --stack $(STACK)
@@ -50,6 +57,7 @@ preview-all: $(VENV)/.installed
 	@rc=0; for s in dev staging prod; do $(PY) -m tools.preview --stack $$s || rc=$$?; done; exit $$rc
 
 bench: $(VENV)/.installed $(RT_VENV)/.installed
+	-$(MAKE) venv-kserve  # optional: the serve bench reports why KServe is missing
 	$(PY) -m bench.preview_bench
 	$(RT_PY) -m bench.serve_bench
 	$(RT_PY) -m bench.train_bench

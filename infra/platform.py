@@ -136,6 +136,7 @@ class Platform(pulumi.ComponentResource):
             storage_class=s.cluster.storage_class,
             shared_storage_class=s.cluster.shared_storage_class,
             gateway_namespace=s.serving.gateway_namespace,
+            mlflow_tracking_uri=s.mlflow.tracking_uri,
             team_allows_https_egress=team_settings.network.allow_https_egress,
             team_allows_intra_namespace=team_settings.network.allow_intra_namespace,
             depends_on=(team, self.priority_classes),

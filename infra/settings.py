@@ -580,6 +580,16 @@ class TeamSettings(_Model):
         return self
 
 
+class MlflowSettings(_Model):
+    """Experiment tracking for the runtime's train.py."""
+
+    tracking_uri: str | None = Field(
+        None,
+        description="MLFLOW_TRACKING_URI given to every training workload (train.py logs "
+        "metrics and parameters there). The teams' network policies must let pods reach it.",
+    )
+
+
 class ServingSettings(_Model):
     """How inference services are reached."""
 
@@ -646,6 +656,9 @@ class PlatformSettings(_Model):
         description="The runtime image workloads run unless they name their own.",
     )
     serving: ServingSettings = Field(default_factory=ServingSettings, description="Serving.")
+    mlflow: MlflowSettings = Field(
+        default_factory=MlflowSettings, description="Experiment tracking."
+    )
     workloads: list[WorkloadSettings] = Field(
         [],
         description="Workloads, each with `kind`: `training`, `distributed`, `inference` "

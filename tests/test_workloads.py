@@ -690,7 +690,11 @@ def test_invalid_cron(schedule: str) -> None:
 def test_custom_image_needs_no_runtime_image() -> None:
     """A workload with its own image and command runs without the platform image
     (regression: the check once read `model.uri` off a training spec)."""
-    custom = TRAIN | {"image": "registry.example/trainer:2.1.0", "command": ["python", "train.py"], "args": ["--fast"]}
+    custom = TRAIN | {
+        "image": "registry.example/trainer:2.1.0",
+        "command": ["python", "train.py"],
+        "args": ["--fast"],
+    }
     config = stack(custom, runtimeImage={})
     r = run(config)
     c = _container(r.manifest("Job", "ft", "ml"))
@@ -698,3 +702,16 @@ def test_custom_image_needs_no_runtime_image() -> None:
     assert c["command"] == ["python", "train.py"] and c["args"] == ["--fast"]
     assert "ports" not in c  # no runtime metrics port on a custom program
     assert r.outputs["runtimeImage"] is None
+
+
+def test_scratch_and_mlflow() -> None:
+    config = stack(TRAIN, BATCH, mlflow={"trackingUri": "https://mlflow.internal.example"})
+    r = run(config)
+    batch = pod_spec(r.manifest("Job", "score", "ml"))
+    assert {"name": "tmp", "emptyDir": {"sizeLimit": "10Gi"}} in batch["volumes"]
+    train = r.manifest("Job", "ft", "ml")
+    assert {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}} in pod_spec(train)["volumes"]
+    env = _container(train)["env"]
+    assert {"name": "MLFLOW_TRACKING_URI", "value": "https://mlflow.internal.example"} in env
+    batch_env = {e["name"] for e in _container(r.manifest("Job", "score", "ml"))["env"]}
+    assert "MLFLOW_TRACKING_URI" not in batch_env

@@ -48,6 +48,11 @@ class BatchInferenceSpec(common.WorkloadSpec):
         0, ge=0, description="Failed shards tolerated before the whole Job fails (0: the first)."
     )
     memory: Quantity = Field("4Gi", description="Memory request and limit.")
+    scratch: Quantity = Field(
+        "10Gi",
+        description="/tmp emptyDir: a shard's output is staged there before its single "
+        "upload to S3, so make it larger than the biggest shard's output.",
+    )
     active_deadline_seconds: int = Field(86_400, ge=60, description="Wall-clock limit (24 h).")
     ttl_seconds_after_finished: int = Field(
         604_800, ge=0, description="Delete the finished Job after (7 days)."

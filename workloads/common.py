@@ -140,6 +140,10 @@ class WorkloadSpec(_Model):
     termination_grace_period_seconds: int = Field(
         60, ge=0, le=3600, description="Time between SIGTERM and SIGKILL."
     )
+    scratch: Quantity = Field(
+        "1Gi",
+        description="Size of the writable /tmp emptyDir (the root filesystem is read-only).",
+    )
 
     @field_validator("secret_env")
     @classmethod
@@ -250,6 +254,7 @@ class WorkloadContext:
     storage_class: str | None = None  # ReadWriteOnce volumes (EBS)
     shared_storage_class: str | None = None  # ReadWriteMany volumes (EFS), if any
     gateway_namespace: str = "gateway"
+    mlflow_tracking_uri: str | None = None
     team_allows_https_egress: bool = True
     team_allows_intra_namespace: bool = True
     # What every object of the workload waits for (the team namespace, the
@@ -326,6 +331,7 @@ def pod_spec(
             accelerators=spec.accelerators,
             service_account=spec.name,
             termination_grace_period_seconds=spec.termination_grace_period_seconds,
+            scratch_size=spec.scratch,
             **kw,
         )
     )

@@ -44,8 +44,8 @@ from workloads.training import (
     TRAINER,
     TrainingSpecBase,
     ensure_checkpoint_claim,
-    job_name_env,
     pod_failure_policy,
+    training_env,
     training_volumes,
 )
 
@@ -150,7 +150,7 @@ class DistributedTraining(pulumi.ComponentResource):
         volumes, mounts = training_volumes(spec, claim)
         checkpoint_dir = f"{contract.CHECKPOINT_DIR}/$(JOB_NAME)"
         env = {
-            **job_name_env(),
+            **training_env(ctx),
             "NCCL_DEBUG": "WARN",
             # Surface a dead peer as an error (and a torchrun restart), not a hang.
             "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",

@@ -196,9 +196,15 @@ def training_volumes(
     return volumes, mounts
 
 
-def job_name_env() -> dict[str, pod.EnvValue]:
-    """JOB_NAME from the label the Job controller puts on its pods."""
-    return {"JOB_NAME": pod.FieldRef(f"metadata.labels['{JOB_NAME_LABEL}']")}
+def training_env(ctx: common.WorkloadContext) -> dict[str, pod.EnvValue]:
+    """JOB_NAME from the label the Job controller puts on its pods, and the
+    MLflow server train.py logs to when the platform has one."""
+    env: dict[str, pod.EnvValue] = {
+        "JOB_NAME": pod.FieldRef(f"metadata.labels['{JOB_NAME_LABEL}']")
+    }
+    if ctx.mlflow_tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = ctx.mlflow_tracking_uri
+    return env
 
 
 def ensure_checkpoint_claim(
@@ -268,7 +274,7 @@ class TrainingJob(pulumi.ComponentResource):
             image=common.image_of(spec, ctx),  # type: ignore[arg-type]
             command=command,
             args=cargs,
-            env=common.container_env(spec, job_name_env()),
+            env=common.container_env(spec, training_env(ctx)),
             ports={"metrics": contract.TRAIN_METRICS_PORT} if spec.uses_runtime else {},
             resources=common.resources(spec),
             mounts=mounts,

@@ -1,0 +1,197 @@
+"""Batch inference over one shard of a JSON-lines data set (an Indexed Job pod).
+
+    python -m mlruntime.batch --model-dir /models/m --input s3://b/in/ --output s3://b/out/
+
+Input: every `*.jsonl` file under --input (a directory or an s3:// prefix;
+names starting with '.' are ignored), one record per non-blank line:
+
+    {"input": <one row: features (mlp) or token ids (transformer)>, "id": <optional>}
+
+Sharding: the input files, sorted by name, are dealt round-robin; file k
+belongs to shard k % JOB_COMPLETIONS, and shard JOB_COMPLETION_INDEX processes
+its files in order. The mapping is a pure function of the listing, so every
+retry of an index sees the same records. Give the job at least as many files
+as completions (an index with no files writes an empty, complete shard).
+Inputs must not change while the job runs.
+
+Output, under --output:
+
+    part-<index>-of-<count>.jsonl       one line per input record, in input order:
+        {"id": ..., "source": "<file>", "line": <n>, <output name>: <value>, ...}
+    part-<index>-of-<count>.done.json   marker: records, input files, sha256 of the part
+
+The part is published all-or-nothing (temp file + rename, or one S3 PUT),
+then the marker. An index whose marker exists is skipped, so a retried or
+duplicated pod neither repeats nor loses records; a pod killed midway leaves
+no part (or the complete previous one) and its retry starts the shard over.
+Default id: "<file>:<line>". A record that is not valid JSON or does not fit
+the model stops the shard with exit 2, naming the file and line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from .common import CliParser, UsageError, emit, run_cli
+from .contract import BATCH_MARKER_TEMPLATE, BATCH_OUTPUT_TEMPLATE, EXIT_OK
+from .device import DEVICE_CHOICES, configure_cpu_threads, select_device
+from .inference import InputError, Predictor, Sample, output_rows
+from .storage import Store, open_store
+
+
+def shard_files(files: Sequence[str], index: int, count: int) -> list[str]:
+    """This shard's files: every count-th of the sorted listing, from `index`."""
+    return sorted(files)[index::count]
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def parse_args(argv: Sequence[str] | None) -> Any:
+    parser = CliParser(prog="batch", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-dir", type=Path, required=True, help="an exported model")
+    parser.add_argument("--input", required=True, help="directory or s3://bucket/prefix")
+    parser.add_argument("--output", required=True, help="directory or s3://bucket/prefix")
+    parser.add_argument("--batch-size", type=int, default=64, help="records per forward pass")
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = auto")
+    parser.add_argument(
+        "--shard-index", type=int, default=None, help="default: $JOB_COMPLETION_INDEX or 0"
+    )
+    parser.add_argument(
+        "--num-shards", type=int, default=None, help="default: $JOB_COMPLETIONS or 1"
+    )
+    args = parser.parse_args(argv)
+    if args.shard_index is None:
+        args.shard_index = _env_int("JOB_COMPLETION_INDEX", 0)
+    if args.num_shards is None:
+        args.num_shards = _env_int("JOB_COMPLETIONS", 1)
+    if args.num_shards < 1:
+        parser.error(f"the number of shards must be >= 1, got {args.num_shards}")
+    if not 0 <= args.shard_index < args.num_shards:
+        parser.error(f"shard index {args.shard_index} is not in [0, {args.num_shards})")
+    if args.batch_size < 1:
+        parser.error("--batch-size must be >= 1")
+    if args.input.rstrip("/") == args.output.rstrip("/"):
+        parser.error("--output must differ from --input (outputs would be read as inputs)")
+    return args
+
+
+def _records(
+    store: Store, name: str, predictor: Predictor
+) -> Iterator[tuple[dict[str, Any], Sample]]:
+    """(output record stub, validated sample) for each record of one file."""
+    for number, line in enumerate(store.lines(name), start=1):
+        if not line.strip():
+            continue
+        where = f"{store.describe(name)}:{number}"
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise UsageError(f"{where}: not valid JSON: {exc}") from None
+        if not isinstance(record, dict) or "input" not in record:
+            raise UsageError(f'{where}: a record must be an object with an "input" field')
+        try:
+            sample = predictor.parse_instances([record["input"]])
+        except InputError as exc:
+            raise UsageError(f"{where}: {exc}") from None
+        stub = {"id": record.get("id", f"{name}:{number}"), "source": name, "line": number}
+        yield stub, sample
+
+
+def _write(handle: IO[bytes], digest: Any, stubs: list[dict[str, Any]], outputs: list[Any]) -> None:
+    for stub, result in zip(stubs, outputs, strict=True):
+        (row,) = output_rows(result)
+        line = orjson.dumps({**stub, **row}) + b"\n"
+        digest.update(line)
+        handle.write(line)
+
+
+def run_shard(
+    input_store: Store,
+    output_store: Store,
+    *,
+    index: int,
+    count: int,
+    batch_size: int,
+    load_predictor: Callable[[], Predictor],
+    model_name: str,
+) -> dict[str, Any]:
+    """Process one shard unless its marker exists; returns the marker's contents.
+
+    The model is loaded (`load_predictor`) only once the shard is known to
+    need work: a retried pod whose shard is complete exits in a second.
+    """
+    part = BATCH_OUTPUT_TEMPLATE.format(index=index, count=count)
+    marker = BATCH_MARKER_TEMPLATE.format(index=index, count=count)
+    if output_store.exists(marker):
+        emit("skipped", shard=index, num_shards=count, marker=output_store.describe(marker))
+        return {"skipped": True, "shard": index}
+    files = shard_files(input_store.list(".jsonl"), index, count)
+    if not files:
+        print(f"batch: warning: shard {index} of {count} has no input files", file=sys.stderr)
+    predictor = load_predictor()
+    digest = hashlib.sha256()
+    records = 0
+    with output_store.publisher(part) as handle:
+        stubs: list[dict[str, Any]] = []
+        samples: list[Sample] = []
+        for name in files:
+            for stub, sample in _records(input_store, name, predictor):
+                stubs.append(stub)
+                samples.append(sample)
+                if len(samples) == batch_size:
+                    _write(handle, digest, stubs, predictor.predict(samples))
+                    records += len(samples)
+                    stubs, samples = [], []
+        if samples:
+            _write(handle, digest, stubs, predictor.predict(samples))
+            records += len(samples)
+    summary = {
+        "shard": index,
+        "num_shards": count,
+        "records": records,
+        "inputs": files,
+        "output": part,
+        "sha256": digest.hexdigest(),
+        "model": model_name,
+    }
+    with output_store.publisher(marker) as handle:
+        handle.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
+    emit("shard_complete", **{k: v for k, v in summary.items() if k != "inputs"})
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = select_device(args.device)
+    if device.type == "cpu":
+        configure_cpu_threads(args.threads or None)
+    run_shard(
+        open_store(args.input),
+        open_store(args.output),
+        index=args.shard_index,
+        count=args.num_shards,
+        batch_size=args.batch_size,
+        load_predictor=lambda: Predictor.load(args.model_dir, device),
+        model_name=str(args.model_dir),
+    )
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli("batch", main, None))

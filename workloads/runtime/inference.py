@@ -1,0 +1,297 @@
+"""Turning requests into tensors and tensors into answers, for serve and batch.
+
+A Predictor wraps a loaded export. Its two halves run in different places:
+
+* `parse_v2` / `parse_instances` validate one request's input and build a
+  Sample (cheap; the server calls them on the event loop, so a malformed
+  request is rejected before it takes a queue slot);
+* `predict` runs one forward pass over many Samples (the server calls it in
+  its inference thread with a dynamic batch; batch.py with a chunk of records)
+  and splits the outputs back per Sample.
+
+Inputs and outputs (the `/v2/models/{name}` metadata says the same):
+
+    mlp          input  "input"      FP32  [N, in_features]
+                 output "logits"     FP32  [N, classes]
+                        "label"      INT64 [N]          argmax of the logits
+    transformer  input  "input"      INT64 [N, T]       token ids, 1 <= T <= seq_len
+                 output "logits"     FP32  [N, vocab]   next-token logits
+                        "next_token" INT64 [N]          argmax of the logits
+
+v1 instances are rows: a list of in_features numbers (mlp) or of token ids
+(transformer; rows of one request may differ in length).
+"""
+
+from __future__ import annotations
+
+import array
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .device import autocast
+from .models import MLPConfig, ModelConfig, TransformerConfig, load_model
+
+INPUT_NAME = "input"
+
+
+class InputError(ValueError):
+    """The request is wrong (HTTP 400 / a bad record); the message says how."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]  # -1: any size
+
+    def metadata(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+@dataclass
+class Sample:
+    """One request's rows: inputs [rows, ...] and, for token rows, their lengths."""
+
+    inputs: torch.Tensor
+    lengths: torch.Tensor | None = None
+
+    @property
+    def rows(self) -> int:
+        return int(self.inputs.shape[0])
+
+
+Outputs = dict[str, torch.Tensor]
+
+
+def _to_tensor(data: Any, where: str, integer: bool) -> torch.Tensor:
+    """JSON numbers (flat or nested lists) to a tensor, or an InputError naming `where`.
+
+    Flat lists, the common case (v2 `data`, v1 feature rows), go through
+    array.array and torch.frombuffer: about 6x faster than torch.tensor(list),
+    which matters when a request is 784 floats and a forward pass is 0.2 ms.
+    """
+    if not isinstance(data, list):
+        raise InputError(f"{where} must be a list of numbers, got {type(data).__name__}")
+    kind = "integers" if integer else "numbers"
+    try:
+        flat = array.array("q" if integer else "f", data)
+    except TypeError:
+        pass  # nested rows, or something that is not a number: the slow path decides
+    except OverflowError:
+        raise InputError(f"{where} holds a value out of range") from None
+    else:
+        if not flat:
+            return torch.empty(0, dtype=torch.int64 if integer else torch.float32)
+        return torch.frombuffer(flat, dtype=torch.int64 if integer else torch.float32)
+    try:
+        tensor = torch.tensor(data)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+        raise InputError(f"{where} must hold only {kind} in equal-length rows: {exc}") from None
+    if tensor.dtype == torch.bool or (integer and tensor.dtype.is_floating_point):
+        raise InputError(f"{where} must hold {kind}, got {tensor.dtype}".replace("torch.", ""))
+    return tensor
+
+
+class Predictor:
+    """Validation and a batched forward pass for one loaded model."""
+
+    config: ModelConfig
+    input_datatypes: tuple[str, ...]
+
+    def __init__(self, model: torch.nn.Module, config: ModelConfig, device: torch.device):
+        self.model, self.config, self.device = model, config, device
+
+    @staticmethod
+    def load(model_dir: Path, device: torch.device) -> Predictor:
+        config, model = load_model(model_dir, device)
+        cls = LanguageModelPredictor if isinstance(config, TransformerConfig) else MLPPredictor
+        return cls(model, config, device)
+
+    # -- metadata -----------------------------------------------------------------
+    def input_spec(self) -> TensorSpec:
+        raise NotImplementedError
+
+    def output_specs(self) -> list[TensorSpec]:
+        raise NotImplementedError
+
+    # -- parsing (event loop) -------------------------------------------------------
+    def parse_v2(self, inputs: Any) -> Sample:
+        """Validate the `inputs` field of a v2 infer request."""
+        if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+            raise InputError(
+                f"'inputs' must be a list with one tensor object (this model has one "
+                f"input, {INPUT_NAME!r})"
+            )
+        tensor = inputs[0]
+        for field in ("name", "shape", "datatype", "data"):
+            if field not in tensor:
+                raise InputError(f"inputs[0] is missing the field {field!r}")
+        if tensor["name"] != INPUT_NAME:
+            raise InputError(
+                f"unknown input {tensor['name']!r}; this model's input is {INPUT_NAME!r}"
+            )
+        if tensor["datatype"] not in self.input_datatypes:
+            raise InputError(
+                f"input {INPUT_NAME!r} has datatype {tensor['datatype']!r}; this model takes "
+                f"{' or '.join(self.input_datatypes)}"
+            )
+        shape = tensor["shape"]
+        if (
+            not isinstance(shape, list)
+            or len(shape) != 2
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)
+        ):
+            raise InputError(
+                f"input {INPUT_NAME!r} shape must be two positive integers "
+                f"{self.input_spec().shape}, got {shape!r}"
+            )
+        values = _to_tensor(tensor["data"], f"input {INPUT_NAME!r} data", self._integer)
+        if values.numel() != math.prod(shape):
+            raise InputError(
+                f"input {INPUT_NAME!r} has {values.numel()} values but shape {shape} "
+                f"needs {math.prod(shape)}"
+            )
+        return self._sample([values.reshape(shape)], f"input {INPUT_NAME!r}")
+
+    def parse_instances(self, instances: Any) -> Sample:
+        """Validate the `instances` field of a v1 predict request (a list of rows)."""
+        if not isinstance(instances, list) or not instances:
+            raise InputError("'instances' must be a non-empty list of rows")
+        rows = []
+        for i, row in enumerate(instances):
+            rows.append(_to_tensor(row, f"instances[{i}]", self._integer).reshape(1, -1))
+        return self._sample(rows, "instances")
+
+    _integer = False
+
+    def _sample(self, rows: list[torch.Tensor], where: str) -> Sample:
+        raise NotImplementedError
+
+    def example(self, rows: int) -> Sample:
+        """A valid input of `rows` rows, for warm-up passes."""
+        raise NotImplementedError
+
+    # -- inference (worker thread) --------------------------------------------------
+    def predict(self, samples: list[Sample]) -> list[Outputs]:
+        """One forward pass over all samples; outputs split back per sample (CPU)."""
+        with torch.inference_mode(), autocast(self.device):
+            outputs = self._forward(samples)
+        cpu = {
+            name: t.float().cpu() if t.is_floating_point() else t.cpu()
+            for name, t in outputs.items()
+        }
+        sizes = [s.rows for s in samples]
+        parts = {name: t.split(sizes) for name, t in cpu.items()}
+        return [{name: parts[name][i] for name in parts} for i in range(len(samples))]
+
+    def _forward(self, samples: list[Sample]) -> Outputs:
+        raise NotImplementedError
+
+
+class MLPPredictor(Predictor):
+    config: MLPConfig
+    input_datatypes = ("FP32",)
+
+    def input_spec(self) -> TensorSpec:
+        return TensorSpec(INPUT_NAME, "FP32", (-1, self.config.in_features))
+
+    def output_specs(self) -> list[TensorSpec]:
+        return [
+            TensorSpec("logits", "FP32", (-1, self.config.classes)),
+            TensorSpec("label", "INT64", (-1,)),
+        ]
+
+    def _sample(self, rows: list[torch.Tensor], where: str) -> Sample:
+        width = self.config.in_features
+        for row in rows:
+            if row.shape[1] != width:
+                raise InputError(
+                    f"{where}: rows have {row.shape[1]} features; this model expects "
+                    f"{width} (shape [-1, {width}])"
+                )
+        inputs = rows[0] if len(rows) == 1 else torch.cat(rows)  # skip a copy per request
+        return Sample(inputs.to(torch.float32))
+
+    def example(self, rows: int) -> Sample:
+        return Sample(torch.zeros(rows, self.config.in_features))
+
+    def _forward(self, samples: list[Sample]) -> Outputs:
+        inputs = torch.cat([s.inputs for s in samples]).to(self.device, non_blocking=True)
+        logits = self.model(inputs)
+        return {"logits": logits, "label": logits.argmax(dim=-1)}
+
+
+class LanguageModelPredictor(Predictor):
+    config: TransformerConfig
+    input_datatypes = ("INT64", "INT32")
+    _integer = True
+
+    def input_spec(self) -> TensorSpec:
+        return TensorSpec(INPUT_NAME, "INT64", (-1, -1))
+
+    def output_specs(self) -> list[TensorSpec]:
+        return [
+            TensorSpec("logits", "FP32", (-1, self.config.vocab_size)),
+            TensorSpec("next_token", "INT64", (-1,)),
+        ]
+
+    def _sample(self, rows: list[torch.Tensor], where: str) -> Sample:
+        limit, vocab = self.config.seq_len, self.config.vocab_size
+        lengths = torch.tensor([r.shape[1] for r in rows for _ in range(r.shape[0])])
+        for row in rows:
+            if not 1 <= row.shape[1] <= limit:
+                raise InputError(
+                    f"{where}: sequences must have 1 to {limit} tokens, got {row.shape[1]}"
+                )
+            if row.min() < 0 or row.max() >= vocab:
+                raise InputError(f"{where}: token ids must be in [0, {vocab})")
+        width = int(lengths.max())
+        padded = torch.zeros(int(lengths.numel()), width, dtype=torch.int64)
+        start = 0
+        for row in rows:
+            padded[start : start + row.shape[0], : row.shape[1]] = row
+            start += row.shape[0]
+        return Sample(padded, lengths)
+
+    def example(self, rows: int) -> Sample:
+        return Sample(
+            torch.zeros(rows, self.config.seq_len, dtype=torch.int64),
+            torch.full((rows,), self.config.seq_len),
+        )
+
+    def _forward(self, samples: list[Sample]) -> Outputs:
+        # Right-pad to the longest row; causal attention keeps padding out of
+        # every real position, and each row is read at its own last token.
+        width = max(s.inputs.shape[1] for s in samples)
+        tokens = torch.cat(
+            [torch.nn.functional.pad(s.inputs, (0, width - s.inputs.shape[1])) for s in samples]
+        ).to(self.device, non_blocking=True)
+        lengths = torch.cat([s.lengths for s in samples if s.lengths is not None])
+        logits = self.model(tokens, last=(lengths - 1).to(self.device))
+        return {"logits": logits, "next_token": logits.argmax(dim=-1)}
+
+
+def output_rows(outputs: Outputs) -> list[dict[str, Any]]:
+    """Per-row dicts {output name: value}: v1 predictions and batch.py records."""
+    columns = {name: t.tolist() for name, t in outputs.items()}
+    count = len(next(iter(columns.values())))
+    return [{name: values[i] for name, values in columns.items()} for i in range(count)]
+
+
+def v2_outputs(
+    outputs: Outputs, datatypes: dict[str, str], wanted: list[str]
+) -> list[dict[str, Any]]:
+    """v2 response tensors: shape plus row-major flattened data."""
+    return [
+        {
+            "name": name,
+            "datatype": datatypes[name],
+            "shape": list(outputs[name].shape),
+            "data": outputs[name].flatten().tolist(),
+        }
+        for name in wanted
+    ]
