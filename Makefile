@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 RT_PY := $(RT_VENV)/bin/python
 PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: test test-infra test-runtime lint typecheck preview preview-all bench docs clean venv venv-runtime venv-kserve
+.PHONY: test test-infra test-runtime lint typecheck preview preview-all bench docs policy-config clean venv venv-runtime venv-kserve
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,10 @@ bench: $(VENV)/.installed $(RT_VENV)/.installed
 
 docs: $(VENV)/.installed
 	$(PY) -m tools.config_docs --write
+
+# policies/config/<stack>.json: the policy pack's thresholds, from the stack settings.
+policy-config: $(VENV)/.installed
+	$(PY) -m tools.policy --write
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache

@@ -34,6 +34,7 @@ DEVICE_PLUGIN_LABEL = f"{LABEL_PREFIX}/nvidia-device-plugin"  # "daemonset" or "
 CAPACITY_TYPE_LABEL = f"{LABEL_PREFIX}/capacity-type"  # "on-demand" or "spot"
 NODE_ROLE_LABEL = f"{LABEL_PREFIX}/node-role"  # "system" on the system node group
 
+NO_SCHEDULE_EFFECT = "NoSchedule"
 GPU_TAINT_KEY = GPU_RESOURCE
 GPU_TAINT_VALUE = "true"
 # Spot GPU nodes carry a second taint: only priority classes the environment

@@ -1,5 +1,10 @@
 """NvidiaDevicePlugin: the NVIDIA k8s-device-plugin DaemonSet and its config file.
 
+Version: v0.20.0 (2026-08-19), the newest release and the one NVIDIA's GPU
+Operator v26.7.0 ships; pinned by the digest that operator's bundle records
+(infra/settings.py DEVICE_PLUGIN_IMAGE). Its config file format (`version: v1`,
+`flags`, `sharing.timeSlicing`) is unchanged since v0.12.
+
 Why these choices:
 - A plain DaemonSet rendered here instead of the Helm chart: the offline
   preview then shows and schema-validates every field, and the pod spec comes
@@ -14,8 +19,9 @@ Why these choices:
   Bottlerocket node groups) so the two never both register `nvidia.com/gpu`.
 - Hardened as far as it still runs: it must run as root to create its socket
   in the root-owned kubelet directory, but without privilege escalation, with
-  every capability dropped, RuntimeDefault seccomp and a read-only root
-  filesystem. The NVIDIA container runtime (the default runtime on AL2023
+  every capability dropped (SYS_ADMIN is added back only when MIG is on, as
+  NVML needs it to enumerate MIG devices), RuntimeDefault seccomp and a
+  read-only root filesystem. The NVIDIA container runtime (the default runtime on AL2023
   NVIDIA AMIs) gives it the GPU devices, so it is not privileged.
 - The config file (MIG strategy, time-slicing) is read at start only, so the
   pod template carries its checksum: a config change rolls the DaemonSet.
@@ -95,10 +101,15 @@ class NvidiaDevicePlugin(pulumi.ComponentResource):
             data={CONFIG_FILE: config_text},
             opts=child,
         )
+        mig = args.settings.mig_strategy != "none"
         container = pod.Container(
             name="nvidia-device-plugin",
             image=args.settings.image,
             args=[f"--config-file={CONFIG_DIR}/{CONFIG_FILE}"],
+            # With MIG, NVML must see the MIG devices to enumerate them: the
+            # upstream chart adds SYS_ADMIN in that case only, and so do we.
+            env={"NVIDIA_MIG_MONITOR_DEVICES": "all"} if mig else {},
+            add_capabilities=["SYS_ADMIN"] if mig else [],
             resources=pod.Resources(cpu="50m", memory="64Mi", memory_limit="256Mi"),
             mounts=[
                 pod.Mount("device-plugins", KUBELET_DEVICE_PLUGINS),

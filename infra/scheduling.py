@@ -18,7 +18,7 @@ import pulumi_kubernetes as k8s
 
 from infra import catalog, meta
 
-NO_SCHEDULE = "NoSchedule"
+NO_SCHEDULE = catalog.NO_SCHEDULE_EFFECT
 ZONE_LABEL = "topology.kubernetes.io/zone"
 
 

@@ -51,6 +51,7 @@ from infra.config_types import (
     check_scaling,
     format_loc,
 )
+from policies import rules
 from workloads.batch import BatchInferenceSpec
 from workloads.distributed import DistributedTrainingSpec
 from workloads.image import RuntimeImageSettings
@@ -422,6 +423,15 @@ class TimeSlicingSettings(_Model):
     )
 
 
+# NVIDIA k8s-device-plugin v0.20.0 (released 2026-08-19, the newest release),
+# tag and digest as NVIDIA's GPU Operator v26.7.0 pins it in its OLM bundle
+# (NVIDIA/gpu-operator bundle/manifests/gpu-operator-certified.clusterserviceversion.yaml).
+DEVICE_PLUGIN_IMAGE = (
+    "nvcr.io/nvidia/k8s-device-plugin:v0.20.0"
+    "@sha256:a61ba9fd8efb82f3a79f877f7580e02c1e8e7593f62473644bc9c79e315c3312"
+)
+
+
 class DevicePluginSettings(_Model):
     """NVIDIA k8s-device-plugin (kube-system DaemonSet on GPU nodes)."""
 
@@ -431,8 +441,9 @@ class DevicePluginSettings(_Model):
         "Operator, Bottlerocket) advertises `nvidia.com/gpu` on every GPU node.",
     )
     image: str = Field(
-        "nvcr.io/nvidia/k8s-device-plugin:v0.17.4",
-        description="Device plugin image, pinned (infra/device_plugin.py says why this version).",
+        DEVICE_PLUGIN_IMAGE,
+        description="Device plugin image, pinned by tag and digest (v0.20.0: the newest "
+        "release, the one NVIDIA's GPU Operator v26.7.0 ships).",
     )
     mig_strategy: Literal["none", "single", "mixed"] = Field(
         "none",
@@ -580,6 +591,52 @@ class TeamSettings(_Model):
         return self
 
 
+Enforcement = Literal["mandatory", "advisory", "disabled"]
+
+
+class PolicySettings(_Model):
+    """Thresholds and enforcement of the policy pack for this environment. The
+    offline preview applies them; `make policy-config` writes the same values to
+    policies/config/<stack>.json for `pulumi preview --policy-pack-config`."""
+
+    max_gpus_per_pod: int | None = Field(
+        None, ge=1, description="Most GPUs one pod may hold. Default: the largest GPU node's count."
+    )
+    max_gpu_node_group_size: int = Field(
+        16, ge=1, description="Largest maxSize a GPU node group may have (a cost guard rail)."
+    )
+    gpu_quota_overcommit: float = Field(
+        1.0,
+        ge=1.0,
+        le=10.0,
+        description="Team GPU quotas may add up to capacity times this (1.0: no overcommit).",
+    )
+    require_image_digests: bool = Field(
+        False, description="Every image must be pinned by digest (`@sha256:`), not only by tag."
+    )
+    allow_load_balancers: bool = Field(
+        False,
+        description="Allow Services of type LoadBalancer (else traffic enters via the gateway).",
+    )
+    enforcement: dict[str, Enforcement] = Field(
+        {},
+        description="Override a rule's enforcement: `rule-name: mandatory|advisory|disabled` "
+        "(rules: policies/rules.py, listed in the README).",
+    )
+
+    @field_validator("enforcement")
+    @classmethod
+    def _known_rules(cls, value: dict[str, str]) -> dict[str, str]:
+        problems: list[tuple[Loc, str]] = [
+            ((name,), _unknown_key_message(name, list(rules.RULE_NAMES)).replace("key", "rule", 1))
+            for name in value
+            if name not in rules.RULES_BY_NAME
+        ]
+        if problems:
+            raise FieldProblems(problems)
+        return value
+
+
 class MlflowSettings(_Model):
     """Experiment tracking for the runtime's train.py."""
 
@@ -659,6 +716,7 @@ class PlatformSettings(_Model):
     mlflow: MlflowSettings = Field(
         default_factory=MlflowSettings, description="Experiment tracking."
     )
+    policy: PolicySettings = Field(default_factory=PolicySettings, description="Policy thresholds.")
     workloads: list[WorkloadSettings] = Field(
         [],
         description="Workloads, each with `kind`: `training`, `distributed`, `inference` "
@@ -871,6 +929,21 @@ class PlatformSettings(_Model):
             [g.gpus_per_node for g in self.gpu_node_groups]
             + [n.gpus_per_node for n in self.cluster.existing_gpu_nodes],
             default=0,
+        )
+
+    def policy_config(self) -> rules.PolicyConfig:
+        """The policy rules' thresholds for this environment."""
+        p = self.policy
+        existing = self.cluster.existing_gpu_nodes
+        return rules.PolicyConfig(
+            max_gpus_per_pod=p.max_gpus_per_pod or self.largest_node_gpus,
+            max_gpu_node_group_size=p.max_gpu_node_group_size,
+            gpu_quota_overcommit=p.gpu_quota_overcommit,
+            require_image_digests=p.require_image_digests,
+            allow_load_balancers=p.allow_load_balancers,
+            spot_priority_classes=tuple(self.scheduling.spot_priority_classes),
+            existing_gpu_capacity=sum(n.count * n.gpus_per_node for n in existing),
+            existing_largest_node_gpus=max((n.gpus_per_node for n in existing), default=0),
         )
 
     def max_gpus_per_container(self, team: TeamSettings) -> int:

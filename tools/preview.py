@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from infra.settings import ConfigError, PlatformSettings, load_settings
-from tools import plan
+from tools import plan, policy
 from tools.offline import ROOT, Run, manifest, read_stack_config, run_program, stack_file
 from tools.schema import SchemaProblem, SchemaValidator
 
@@ -76,6 +76,7 @@ def build_preview(
     run = run_program(stack, config, program)
     manifests = {manifest_path(m): m for m in (manifest(r) for r in run.kubernetes_objects)}
     preview = Preview(stack, settings, run, manifests)
+    preview.findings = [f.as_dict() for f in policy.evaluate(run, settings)]
     validator = SchemaValidator(settings.cluster.kubernetes_version)
     for path, m in sorted(manifests.items()):
         if not validator.has_schema(m["apiVersion"], m["kind"]):

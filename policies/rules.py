@@ -1,0 +1,881 @@
+"""The platform's policy rules: pure functions over resources as the Pulumi engine
+sees them (type token, camelCase props).
+
+One set of rules, two runners:
+- `policies/__main__.py` wraps them into a Pulumi PolicyPack
+  (`pulumi preview --policy-pack policies --policy-pack-config policies/config/<stack>.json`);
+- the offline preview (`tools/policy.py`) runs them on the props the mocks record
+  and writes `build/<stack>/policy.json`.
+
+Nothing here imports Pulumi: the pack's virtualenv has only pulumi-policy, and the
+tests call the rules directly. During a real preview some props are still unknown
+(None): a rule that cannot see a value does not guess, it skips that check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+
+from infra import catalog, instances, quantity
+
+Enforcement = Literal["mandatory", "advisory", "disabled"]
+Severity = Literal["critical", "high", "medium", "low"]
+
+
+# ---------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Resource:
+    """A resource as a policy sees it."""
+
+    type: str  # "kubernetes:apps/v1:Deployment", "aws:eks/nodeGroup:NodeGroup"
+    name: str  # the Pulumi resource name
+    props: Mapping[str, Any]
+
+    @property
+    def is_kubernetes(self) -> bool:
+        return self.type.startswith("kubernetes:") and "kind" in self.props
+
+    @property
+    def kind(self) -> str:
+        return str(self.props.get("kind") or self.type.rsplit(":", 1)[-1])
+
+    @property
+    def namespace(self) -> str | None:
+        meta = self.props.get("metadata") or {}
+        return meta.get("namespace")
+
+    @property
+    def label(self) -> str:
+        """How findings name the resource: `namespace/Kind/name` for Kubernetes objects."""
+        if self.is_kubernetes:
+            meta = self.props.get("metadata") or {}
+            ns = meta.get("namespace")
+            name = meta.get("name") or self.name
+            return f"{ns}/{self.kind}/{name}" if ns else f"{self.kind}/{name}"
+        return f"{self.type.rsplit(':', 1)[-1]}/{self.name}"
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Per-environment thresholds. The offline preview builds it from the stack
+    settings (`mlplatform:policy`); the policy pack reads the same values, by
+    their camelCase names, from `--policy-pack-config` (policies/config/<stack>.json,
+    generated from those settings)."""
+
+    max_gpus_per_pod: int = 8
+    max_gpu_node_group_size: int = 16
+    gpu_quota_overcommit: float = 1.0
+    require_image_digests: bool = False
+    allow_load_balancers: bool = False
+    spot_priority_classes: tuple[str, ...] = ("training-preemptible",)
+    existing_gpu_capacity: int = 0  # GPUs on nodes the stack does not create
+    existing_largest_node_gpus: int = 0
+
+    @classmethod
+    def keys(cls) -> dict[str, str]:
+        """camelCase config key -> field name."""
+        return {_camel(f.name): f.name for f in fields(cls)}
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> PolicyConfig:
+        """From camelCase policy config (unknown keys, such as enforcementLevel, ignored)."""
+        kwargs = {
+            name: values[key] for key, name in cls.keys().items() if values.get(key) is not None
+        }
+        if "spot_priority_classes" in kwargs:
+            kwargs["spot_priority_classes"] = tuple(kwargs["spot_priority_classes"])
+        return cls(**kwargs)
+
+    def as_mapping(self) -> dict[str, Any]:
+        out = {key: getattr(self, name) for key, name in self.keys().items()}
+        out["spotPriorityClasses"] = list(self.spot_priority_classes)
+        return out
+
+
+# ---------------------------------------------------------------------------
+# Rules
+# ---------------------------------------------------------------------------
+
+ResourceCheck = Callable[[Resource, PolicyConfig], Iterable[str]]
+StackCheck = Callable[[list[Resource], PolicyConfig], Iterable[tuple[Resource | None, str]]]
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    description: str
+    enforcement: Enforcement  # the default; stacks may override
+    severity: Severity
+    remediation: str
+    config_keys: tuple[str, ...] = ()
+    resource_check: ResourceCheck | None = None
+    stack_check: StackCheck | None = None
+
+
+@dataclass(frozen=True)
+class Finding:
+    policy: str
+    resource: str
+    level: Enforcement
+    severity: Severity
+    message: str
+    remediation: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            "policy": self.policy,
+            "resource": self.resource,
+            "level": self.level,
+            "severity": self.severity,
+            "message": self.message,
+            "remediation": self.remediation,
+        }
+
+
+RULES: list[Rule] = []
+GPU_TAINT = catalog.GPU_TAINT_KEY
+GPU_NODES = f"{catalog.GPU_PRESENT_LABEL}=true"
+
+
+def rule(
+    name: str,
+    *,
+    description: str,
+    enforcement: Enforcement,
+    severity: Severity,
+    remediation: str,
+    config_keys: tuple[str, ...] = (),
+    stack: bool = False,
+) -> Callable[[Callable[..., Iterable[Any]]], Callable[..., Iterable[Any]]]:
+    """Register a check function as a rule."""
+
+    def register(fn: Callable[..., Iterable[Any]]) -> Callable[..., Iterable[Any]]:
+        RULES.append(
+            Rule(
+                name=name,
+                description=description,
+                enforcement=enforcement,
+                severity=severity,
+                remediation=remediation,
+                config_keys=config_keys,
+                resource_check=None if stack else fn,
+                stack_check=fn if stack else None,
+            )
+        )
+        return fn
+
+    return register
+
+
+def evaluate(
+    resources: list[Resource],
+    config: PolicyConfig,
+    enforcement: Mapping[str, Enforcement] | None = None,
+) -> list[Finding]:
+    """Run every rule (resource rules on each resource, then stack rules)."""
+    levels = enforcement or {}
+    findings: list[Finding] = []
+    for r in RULES:
+        level = levels.get(r.name, r.enforcement)
+        if level == "disabled":
+            continue
+        if r.resource_check is not None:
+            for res in resources:
+                for message in r.resource_check(res, config):
+                    findings.append(
+                        Finding(r.name, res.label, level, r.severity, message, r.remediation)
+                    )
+        if r.stack_check is not None:
+            for res_or_none, message in r.stack_check(resources, config):
+                label = res_or_none.label if res_or_none is not None else "stack"
+                findings.append(Finding(r.name, label, level, r.severity, message, r.remediation))
+    return findings
+
+
+# ---------------------------------------------------------------------------
+# Reading pods out of workload objects
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PodTemplate:
+    where: str  # "spec.template.spec" (for messages)
+    spec: Mapping[str, Any]
+    replicas: int | None = None  # pods this template runs at once, if known
+
+
+def pod_templates(res: Resource) -> list[PodTemplate]:
+    """The pod specs a Kubernetes object runs (empty for non-workloads)."""
+    if not res.is_kubernetes:
+        return []
+    spec = res.props.get("spec") or {}
+    kind = res.kind
+    if kind == "Pod":
+        return [PodTemplate("spec", spec, 1)]
+    if kind in ("Deployment", "StatefulSet", "ReplicaSet", "DaemonSet", "Job"):
+        template = (spec.get("template") or {}).get("spec")
+        if template is None:
+            return []
+        replicas = spec.get("parallelism") if kind == "Job" else spec.get("replicas")
+        return [PodTemplate("spec.template.spec", template, replicas)]
+    if kind == "CronJob":
+        job = ((spec.get("jobTemplate") or {}).get("spec")) or {}
+        template = (job.get("template") or {}).get("spec")
+        return (
+            [PodTemplate("spec.jobTemplate.spec.template.spec", template, job.get("parallelism"))]
+            if template
+            else []
+        )
+    if kind == "PyTorchJob":
+        out = []
+        for role, replica in (spec.get("pytorchReplicaSpecs") or {}).items():
+            template = ((replica or {}).get("template") or {}).get("spec")
+            if template is not None:
+                out.append(
+                    PodTemplate(
+                        f"spec.pytorchReplicaSpecs.{role}.template.spec",
+                        template,
+                        replica.get("replicas"),
+                    )
+                )
+        return out
+    return []
+
+
+def _containers(pod: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    for key in ("initContainers", "containers"):
+        for c in pod.get(key) or []:
+            yield key, c
+
+
+def _gpu_amounts(container: Mapping[str, Any], section: str) -> dict[str, float]:
+    values = ((container.get("resources") or {}).get(section)) or {}
+    out = {}
+    for name, value in values.items():
+        if catalog.is_gpu_resource(name) and value is not None:
+            try:
+                out[name] = float(quantity.parse(value))
+            except quantity.QuantityError:
+                out[name] = float("nan")
+    return out
+
+
+def gpus_per_pod(pod: Mapping[str, Any]) -> int:
+    """GPUs a pod holds: max(largest init container, sum of containers), from limits."""
+    main = sum(sum(_gpu_amounts(c, "limits").values()) for c in pod.get("containers") or [])
+    init = max(
+        (sum(_gpu_amounts(c, "limits").values()) for c in pod.get("initContainers") or []),
+        default=0,
+    )
+    return int(max(main, init))
+
+
+def _tolerates(pod: Mapping[str, Any], key: str) -> bool:
+    for t in pod.get("tolerations") or []:
+        if t.get("operator") == "Exists" and not t.get("key"):
+            return True  # tolerates every taint
+        if t.get("key") == key and t.get("effect") in (None, "", catalog.NO_SCHEDULE_EFFECT):
+            return True
+    return False
+
+
+def _requires_gpu_nodes(pod: Mapping[str, Any]) -> bool:
+    selector = pod.get("nodeSelector") or {}
+    if selector.get(catalog.GPU_PRESENT_LABEL) == "true":
+        return True
+    affinity = ((pod.get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ) or {}
+    terms = affinity.get("nodeSelectorTerms") or []
+    return bool(terms) and all(
+        any(
+            e.get("key") == catalog.GPU_PRESENT_LABEL
+            and e.get("operator") == "In"
+            and e.get("values") == ["true"]
+            for e in term.get("matchExpressions") or []
+        )
+        for term in terms
+    )
+
+
+# ---------------------------------------------------------------------------
+# GPU rules
+# ---------------------------------------------------------------------------
+
+
+@rule(
+    "gpu-in-limits",
+    description="A container that asks for nvidia.com/gpu or a nvidia.com/mig-* resource sets it "
+    "in limits (Kubernetes takes extended-resource requests from limits; requests "
+    "alone are rejected or ignored).",
+    enforcement="mandatory",
+    severity="high",
+    remediation="Put the GPU count in resources.limits (requests may be omitted or equal).",
+)
+def gpu_in_limits(res: Resource, cfg: PolicyConfig) -> Iterator[str]:
+    for t in pod_templates(res):
+        for key, c in _containers(t.spec):
+            requests, limits = _gpu_amounts(c, "requests"), _gpu_amounts(c, "limits")
+            for name, amount in requests.items():
+                where = f"{t.where}.{key} {c.get('name')!r}"
+                if name not in limits:
+                    yield f"{where} requests {name} but sets no limit for it"
+                elif limits[name] != amount:
+                    yield f"{where}: {name} request {amount:g} != limit {limits[name]:g}"
+
+
+@rule(
+    "gpu-per-pod-max",
+    description="GPUs per pod do not exceed the environment's maximum.",
+    enforcement="mandatory",
+    severity="high",
+    remediation="Ask for fewer GPUs per pod (use distributed training across pods), or raise "
+    "mlplatform:policy.maxGpusPerPod for the environment.",
+    config_keys=("maxGpusPerPod",),
+)
+def gpu_per_pod_max(res: Resource, cfg: PolicyConfig) -> Iterator[str]:
+    for t in pod_templates(res):
+        n = gpus_per_pod(t.spec)
+        if n > cfg.max_gpus_per_pod:
+            allowed = cfg.max_gpus_per_pod
+            yield f"{t.where} asks for {n} GPUs per pod; this environment allows {allowed}"
+
+
+@rule(
+    "gpu-pod-fits-node",
+    description="GPUs per pod do not exceed the GPUs of the largest instance type in the stack.",
+    enforcement="mandatory",
+    severity="high",
+    remediation="Ask for at most as many GPUs as the largest GPU node has, or add a node group of "
+    "a larger instance type.",
+    config_keys=("existingLargestNodeGpus",),
+    stack=True,
+)
+def gpu_pod_fits_node(
+    resources: list[Resource], cfg: PolicyConfig
+) -> Iterator[tuple[Resource | None, str]]:
+    largest = max(
+        [cfg.existing_largest_node_gpus] + [g for _, g, _ in _gpu_node_groups(resources)], default=0
+    )
+    for res in resources:
+        for t in pod_templates(res):
+            n = gpus_per_pod(t.spec)
+            if n > largest:
+                yield (
+                    res,
+                    f"{t.where} asks for {n} GPUs per pod; the largest GPU node in the stack has "
+                    f"{largest}",
+                )
+
+
+@rule(
+    "gpu-scheduling",
+    description="GPU pods tolerate the nvidia.com/gpu taint and require GPU nodes; pods without "
+    "GPUs do not tolerate it (they would take GPU nodes' CPU and memory and keep them "
+    "from scaling down). DaemonSets (node agents) may tolerate it.",
+    enforcement="mandatory",
+    severity="medium",
+    remediation="Build pod specs with workloads/pod.py, which takes tolerations and affinity from "
+    "infra/scheduling.py.",
+)
+def gpu_scheduling(res: Resource, cfg: PolicyConfig) -> Iterator[str]:
+    for t in pod_templates(res):
+        gpus = gpus_per_pod(t.spec)
+        tolerates = _tolerates(t.spec, catalog.GPU_TAINT_KEY)
+        if gpus:
+            if not tolerates:
+                yield f"{t.where} asks for GPUs but does not tolerate the {GPU_TAINT} taint"
+            if not _requires_gpu_nodes(t.spec):
+                yield f"{t.where} asks for GPUs but does not require nodes labelled {GPU_NODES}"
+        elif tolerates and res.kind != "DaemonSet":
+            yield f"{t.where} asks for no GPU but tolerates the {GPU_TAINT} taint"
+
+
+@rule(
+    "gpu-priority-class",
+    description="GPU pods carry one of the platform's priority classes.",
+    enforcement="mandatory",
+    severity="medium",
+    remediation=f"Set priorityClassName to one of {', '.join(catalog.PRIORITY_CLASS_NAMES)}.",
+)
+def gpu_priority_class(res: Resource, cfg: PolicyConfig) -> Iterator[str]:
+    for t in pod_templates(res):
+        if (
+            gpus_per_pod(t.spec)
+            and t.spec.get("priorityClassName") not in catalog.PRIORITY_CLASS_NAMES
+        ):
+            cls = t.spec.get("priorityClassName")
+            yield f"{t.where} asks for GPUs with priorityClassName {cls!r}"
+
+
+@rule(
+    "gpu-spot-placement",
+    description="Only the priority classes the environment allows on spot tolerate the spot taint, "
+    "so only preemptible work lands on SPOT GPU nodes.",
+    enforcement="mandatory",
+    severity="medium",
+    remediation="Use a priority class listed in mlplatform:scheduling.spotPriorityClasses, or drop "
+    "the spot toleration.",
+    config_keys=("spotPriorityClasses",),
+)
+def gpu_spot_placement(res: Resource, cfg: PolicyConfig) -> Iterator[str]:
+    if res.kind == "DaemonSet":
+        return
+    for t in pod_templates(res):
+        if (
+            _tolerates(t.spec, catalog.SPOT_TAINT_KEY)
+            and t.spec.get("priorityClassName") not in cfg.spot_priority_classes
+        ):
+            allowed = ", ".join(cfg.spot_priority_classes)
+            yield (
+                f"{t.where} tolerates the spot taint with priorityClassName "
+                f"{t.spec.get('priorityClassName')!r} (spot allows {allowed})"
+            )
+
+
+@rule(
+    "gpu-system-namespaces",
+    description="No GPU pods in default or kube-system (the platform's daemons there ask for no "
+    "GPUs).",
+    enforcement="mandatory",
+    severity="medium",
+    remediation="Run GPU workloads in a team namespace, under its quota.",
+)
+def gpu_system_namespaces(res: Resource, cfg: PolicyConfig) -> Iterator[str]:
+    ns = res.namespace or "default"
+    if ns in ("default", "kube-system"):
+        for t in pod_templates(res):
+            if gpus_per_pod(t.spec):
+                yield f"{t.where} asks for GPUs in namespace {ns!r}"
+
+
+@rule(
+    "gpu-namespace-quota",
+    description="Every namespace that runs GPU pods has a ResourceQuota on "
+    "requests.nvidia.com/gpu.",
+    enforcement="mandatory",
+    severity="high",
+    remediation="Declare the namespace as a team in mlplatform:teams (it gets a GPU quota).",
+    stack=True,
+)
+def gpu_namespace_quota(
+    resources: list[Resource], cfg: PolicyConfig
+) -> Iterator[tuple[Resource | None, str]]:
+    quota_namespaces = {
+        res.namespace or "default"
+        for res in resources
+        if res.is_kubernetes
+        and res.kind == "ResourceQuota"
+        and f"requests.{catalog.GPU_RESOURCE}"
+        in (((res.props.get("spec") or {}).get("hard")) or {})
+    }
+    for res in resources:
+        ns = res.namespace or "default"
+        if any(gpus_per_pod(t.spec) for t in pod_templates(res)) and ns not in quota_namespaces:
+            yield (
+                res,
+                f"runs GPU pods in namespace {ns!r}, which has no "
+                f"requests.{catalog.GPU_RESOURCE} quota",
+            )
+
+
+def _gpu_node_groups(resources: list[Resource]) -> Iterator[tuple[Resource, int, int]]:
+    """(node group, GPUs per node, maxSize) of the stack's GPU node groups."""
+    for res in resources:
+        if res.type != "aws:eks/nodeGroup:NodeGroup":
+            continue
+        types = res.props.get("instanceTypes") or []
+        known = [t for n in types if (t := instances.lookup(n))]
+        if not known:
+            continue
+        max_size = ((res.props.get("scalingConfig") or {}).get("maxSize")) or 0
+        yield res, max(t.gpus for t in known), int(max_size)
+
+
+def gpu_capacity(resources: list[Resource], cfg: PolicyConfig) -> int:
+    return cfg.existing_gpu_capacity + sum(g * m for _, g, m in _gpu_node_groups(resources))
+
+
+@rule(
+    "gpu-quota-capacity",
+    description="The sum of team GPU quotas stays within the GPU capacity times the allowed "
+    "overcommit.",
+    enforcement="mandatory",
+    severity="medium",
+    remediation="Lower team GPU quotas, raise node group maxSize, or raise "
+    "mlplatform:policy.gpuQuotaOvercommit.",
+    config_keys=("gpuQuotaOvercommit", "existingGpuCapacity"),
+    stack=True,
+)
+def gpu_quota_capacity(
+    resources: list[Resource], cfg: PolicyConfig
+) -> Iterator[tuple[Resource | None, str]]:
+    total = 0.0
+    for res in resources:
+        if res.is_kubernetes and res.kind == "ResourceQuota":
+            hard = ((res.props.get("spec") or {}).get("hard")) or {}
+            value = hard.get(f"requests.{catalog.GPU_RESOURCE}")
+            if value is not None:
+                total += float(quantity.parse(value))
+    capacity = gpu_capacity(resources, cfg)
+    allowed = capacity * cfg.gpu_quota_overcommit
+    if total > allowed:
+        yield (
+            None,
+            (
+                f"team GPU quotas add up to {total:g}, more than capacity {capacity} x overcommit "
+                f"{cfg.gpu_quota_overcommit:g} = {allowed:g}"
+            ),
+        )
+
+
+@rule(
+    "gpu-always-on-demand",
+    description="Always-on GPU demand (serving replicas at their minimum times GPUs per pod) fits "
+    "the GPU capacity.",
+    enforcement="mandatory",
+    severity="high",
+    remediation="Lower minReplicas or GPUs per replica, or add GPU capacity: replicas beyond it "
+    "never schedule.",
+    config_keys=("existingGpuCapacity",),
+    stack=True,
+)
+def gpu_always_on_demand(
+    resources: list[Resource], cfg: PolicyConfig
+) -> Iterator[tuple[Resource | None, str]]:
+    hpa_min = {}
+    for res in resources:
+        if res.is_kubernetes and res.kind == "HorizontalPodAutoscaler":
+            spec = res.props.get("spec") or {}
+            target = spec.get("scaleTargetRef") or {}
+            hpa_min[(res.namespace, target.get("kind"), target.get("name"))] = (
+                spec.get("minReplicas") or 1
+            )
+    demand = 0
+    for res in resources:
+        if res.is_kubernetes and res.kind in ("Deployment", "StatefulSet"):
+            meta = res.props.get("metadata") or {}
+            spec = res.props.get("spec") or {}
+            replicas = hpa_min.get(
+                (res.namespace, res.kind, meta.get("name")), spec.get("replicas") or 1
+            )
+            for t in pod_templates(res):
+                demand += int(replicas) * gpus_per_pod(t.spec)
+    capacity = gpu_capacity(resources, cfg)
+    if demand > capacity:
+        yield (
+            None,
+            f"serving needs {demand} GPUs at minimum replicas; the stack can provide {capacity}",
+        )
+
+
+@rule(
+    "gpu-node-group",
+    description="GPU node groups use an NVIDIA AMI and GPU instance types only, stay within the "
+    "environment's maxSize cap, and SPOT groups carry the spot taint (so only "
+    "preemptible work lands there).",
+    enforcement="mandatory",
+    severity="high",
+    remediation="Use AL2023_x86_64_NVIDIA or BOTTLEROCKET_x86_64_NVIDIA, GPU instance types of one "
+    "shape, maxSize within mlplatform:policy.maxGpuNodeGroupSize; create node groups "
+    "with infra/gpu_nodes.py.",
+    config_keys=("maxGpuNodeGroupSize",),
+)
+def gpu_node_group(res: Resource, cfg: PolicyConfig) -> Iterator[str]:
+    if res.type != "aws:eks/nodeGroup:NodeGroup":
+        return
+    props = res.props
+    types = props.get("instanceTypes") or []
+    labels = props.get("labels") or {}
+    gpu_types = [t for t in types if instances.lookup(t)]
+    if not gpu_types and labels.get(catalog.GPU_PRESENT_LABEL) != "true":
+        return  # a CPU node group
+    ami = props.get("amiType")
+    if ami is not None and "NVIDIA" not in ami:
+        yield f"GPU node group uses AMI type {ami!r}, which has no NVIDIA driver"
+    for t in types:
+        if not instances.lookup(t):
+            yield f"instance type {t!r} in a GPU node group has no GPU"
+    max_size = (props.get("scalingConfig") or {}).get("maxSize")
+    if max_size is not None and max_size > cfg.max_gpu_node_group_size:
+        cap = cfg.max_gpu_node_group_size
+        yield f"maxSize {max_size:g} exceeds this environment's cap of {cap}"
+    taints = props.get("taints") or []
+    keys = {t.get("key") for t in taints}
+    if catalog.GPU_TAINT_KEY not in keys:
+        yield f"GPU nodes lack the {GPU_TAINT} taint: pods without GPUs would land on them"
+    if props.get("capacityType") == "SPOT" and catalog.SPOT_TAINT_KEY not in keys:
+        yield (
+            f"SPOT GPU node group lacks the {catalog.SPOT_TAINT_KEY} taint: "
+            "non-preemptible work would land on it"
+        )
+
+
+# ---------------------------------------------------------------------------
+# Hygiene rules
+# ---------------------------------------------------------------------------
+
+
+@rule(
+    "container-resources",
+    description="Every container sets CPU and memory requests and a memory limit.",
+    enforcement="mandatory",
+    severity="medium",
+    remediation="Set resources.requests.cpu, resources.requests.memory and "
+    "resources.limits.memory.",
+)
+def container_resources(res: Resource, cfg: PolicyConfig) -> Iterator[str]:
+    for t in pod_templates(res):
+        for key, c in _containers(t.spec):
+            r = c.get("resources") or {}
+            requests, limits = r.get("requests") or {}, r.get("limits") or {}
+            missing = [
+                n
+                for n, ok in (
+                    ("requests.cpu", "cpu" in requests),
+                    ("requests.memory", "memory" in requests),
+                    ("limits.memory", "memory" in limits),
+                )
+                if not ok
+            ]
+            if missing:
+                yield f"{t.where}.{key} {c.get('name')!r} sets no {', '.join(missing)}"
+
+
+@rule(
+    "image-pinned",
+    description="Images are pinned: never `:latest` or untagged; by digest where the environment "
+    "requires it.",
+    enforcement="mandatory",
+    severity="high",
+    remediation="Pin a version tag, or `@sha256:` digest where "
+    "mlplatform:policy.requireImageDigests is set.",
+    config_keys=("requireImageDigests",),
+)
+def image_pinned(res: Resource, cfg: PolicyConfig) -> Iterator[str]:
+    for t in pod_templates(res):
+        for key, c in _containers(t.spec):
+            image = c.get("image")
+            if not isinstance(image, str) or not image:
+                continue  # unknown until the image is built
+            name = c.get("name")
+            last = image.split("@", 1)[0].rsplit("/", 1)[-1]
+            if "@sha256:" not in image and (":" not in last or last.endswith(":latest")):
+                yield f"{t.where}.{key} {name!r} runs {image!r}, which is not pinned to a version"
+            elif cfg.require_image_digests and "@sha256:" not in image:
+                yield f"{t.where}.{key} {name!r} runs {image!r}: this environment requires a digest"
+
+
+def _is_inference(res: Resource) -> bool:
+    labels = ((res.props.get("metadata") or {}).get("labels")) or {}
+    return (
+        res.kind == "Deployment"
+        and labels.get(f"{catalog.LABEL_PREFIX}/workload-kind") == "inference"
+    )
+
+
+@rule(
+    "inference-readiness",
+    description="Inference services have readiness probes on every serving container.",
+    enforcement="mandatory",
+    severity="medium",
+    remediation="Add a readinessProbe (the runtime serves /v2/health/ready once the model is "
+    "loaded).",
+)
+def inference_readiness(res: Resource, cfg: PolicyConfig) -> Iterator[str]:
+    if not _is_inference(res):
+        return
+    for t in pod_templates(res):
+        for c in t.spec.get("containers") or []:
+            if not c.get("readinessProbe"):
+                yield f"{t.where}.containers {c.get('name')!r} has no readinessProbe"
+
+
+def _selects(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    match = selector.get("matchLabels") or {}
+    return bool(match) and all(labels.get(k) == v for k, v in match.items())
+
+
+@rule(
+    "inference-pdb",
+    description="Inference services have a PodDisruptionBudget covering their pods.",
+    enforcement="mandatory",
+    severity="medium",
+    remediation="Add a PodDisruptionBudget selecting the Deployment's pods (InferenceService "
+    "creates one).",
+    stack=True,
+)
+def inference_pdb(
+    resources: list[Resource], cfg: PolicyConfig
+) -> Iterator[tuple[Resource | None, str]]:
+    pdbs = [
+        (res.namespace, (res.props.get("spec") or {}).get("selector") or {})
+        for res in resources
+        if res.is_kubernetes and res.kind == "PodDisruptionBudget"
+    ]
+    for res in resources:
+        if not _is_inference(res):
+            continue
+        labels = (((res.props.get("spec") or {}).get("template") or {}).get("metadata") or {}).get(
+            "labels"
+        ) or {}
+        if not any(ns == res.namespace and _selects(sel, labels) for ns, sel in pdbs):
+            yield res, "no PodDisruptionBudget selects this inference service's pods"
+
+
+@rule(
+    "job-limits",
+    description="Jobs set backoffLimit (or backoffLimitPerIndex) and activeDeadlineSeconds or "
+    "ttlSecondsAfterFinished.",
+    enforcement="mandatory",
+    severity="medium",
+    remediation="Set backoffLimit and activeDeadlineSeconds (a stuck job holds GPUs) or "
+    "ttlSecondsAfterFinished.",
+)
+def job_limits(res: Resource, cfg: PolicyConfig) -> Iterator[str]:
+    if not res.is_kubernetes or res.kind not in ("Job", "CronJob"):
+        return
+    spec = res.props.get("spec") or {}
+    if res.kind == "CronJob":
+        spec = ((spec.get("jobTemplate") or {}).get("spec")) or {}
+    if spec.get("backoffLimit") is None and spec.get("backoffLimitPerIndex") is None:
+        yield "no backoffLimit: the default (6) retries crashes silently"
+    if spec.get("activeDeadlineSeconds") is None and spec.get("ttlSecondsAfterFinished") is None:
+        yield "neither activeDeadlineSeconds nor ttlSecondsAfterFinished is set"
+
+
+@rule(
+    "namespace-default-deny",
+    description="Every team namespace has a default-deny NetworkPolicy (all pods, ingress and "
+    "egress, no rules).",
+    enforcement="mandatory",
+    severity="high",
+    remediation="Declare the team in mlplatform:teams (TeamNamespace creates `default-deny`).",
+    stack=True,
+)
+def namespace_default_deny(
+    resources: list[Resource], cfg: PolicyConfig
+) -> Iterator[tuple[Resource | None, str]]:
+    denied = set()
+    for res in resources:
+        if res.is_kubernetes and res.kind == "NetworkPolicy":
+            spec = res.props.get("spec") or {}
+            if (
+                spec.get("podSelector") in ({}, None)
+                and set(spec.get("policyTypes") or []) == {"Ingress", "Egress"}
+                and not spec.get("ingress")
+                and not spec.get("egress")
+            ):
+                denied.add(res.namespace)
+    for res in resources:
+        if res.is_kubernetes and res.kind == "Namespace":
+            meta = res.props.get("metadata") or {}
+            if catalog.TEAM_LABEL in (meta.get("labels") or {}) and meta.get("name") not in denied:
+                yield res, f"team namespace {meta.get('name')!r} has no default-deny NetworkPolicy"
+
+
+_ALLOWED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+    "name",
+}
+
+
+@rule(
+    "pod-security-restricted",
+    description="Pods outside kube-system meet the Pod Security Standard `restricted`.",
+    enforcement="mandatory",
+    severity="critical",
+    remediation="Build pods with workloads/pod.py (non-root, no privilege escalation, capabilities "
+    "dropped, RuntimeDefault seccomp, no host namespaces or hostPath).",
+)
+def pod_security_restricted(res: Resource, cfg: PolicyConfig) -> Iterator[str]:
+    if res.namespace == "kube-system":
+        return
+    for t in pod_templates(res):
+        pod = t.spec
+        psc = pod.get("securityContext") or {}
+        for host in ("hostNetwork", "hostPID", "hostIPC"):
+            if pod.get(host):
+                yield f"{t.where}.{host} is true"
+        for v in pod.get("volumes") or []:
+            bad = set(v) - _ALLOWED_VOLUMES
+            if bad:
+                yield f"{t.where}.volumes {v.get('name')!r} uses {', '.join(sorted(bad))}"
+        pod_seccomp = (psc.get("seccompProfile") or {}).get("type")
+        for key, c in _containers(pod):
+            sc = c.get("securityContext") or {}
+            where = f"{t.where}.{key} {c.get('name')!r}"
+            if sc.get("privileged"):
+                yield f"{where} is privileged"
+            if sc.get("allowPrivilegeEscalation") is not False:
+                yield f"{where} does not set allowPrivilegeEscalation: false"
+            non_root = sc.get("runAsNonRoot", psc.get("runAsNonRoot"))
+            if non_root is not True or sc.get("runAsUser", psc.get("runAsUser")) == 0:
+                yield f"{where} may run as root (runAsNonRoot is not true)"
+            caps = sc.get("capabilities") or {}
+            if "ALL" not in (caps.get("drop") or []):
+                yield f"{where} does not drop ALL capabilities"
+            extra = set(caps.get("add") or []) - {"NET_BIND_SERVICE"}
+            if extra:
+                yield f"{where} adds capabilities {', '.join(sorted(extra))}"
+            seccomp = (sc.get("seccompProfile") or {}).get("type", pod_seccomp)
+            if seccomp not in ("RuntimeDefault", "Localhost"):
+                yield f"{where} has no RuntimeDefault seccomp profile"
+            if any(p.get("hostPort") for p in c.get("ports") or []):
+                yield f"{where} uses a hostPort"
+
+
+@rule(
+    "no-load-balancer",
+    description="No Services of type LoadBalancer unless the environment allows them (traffic "
+    "enters through the gateway).",
+    enforcement="mandatory",
+    severity="medium",
+    remediation="Use a ClusterIP Service behind the platform gateway, or set "
+    "mlplatform:policy.allowLoadBalancers.",
+    config_keys=("allowLoadBalancers",),
+)
+def no_load_balancer(res: Resource, cfg: PolicyConfig) -> Iterator[str]:
+    if (
+        res.is_kubernetes
+        and res.kind == "Service"
+        and (res.props.get("spec") or {}).get("type") == "LoadBalancer"
+    ) and not cfg.allow_load_balancers:
+        yield "Service of type LoadBalancer (a cloud load balancer per service)"
+
+
+RULE_NAMES: tuple[str, ...] = tuple(r.name for r in RULES)
+RULES_BY_NAME: dict[str, Rule] = {r.name: r for r in RULES}
+assert len(RULE_NAMES) == len(set(RULE_NAMES)), "rule names must be unique"
+
+__all__ = [
+    "RULES",
+    "RULES_BY_NAME",
+    "RULE_NAMES",
+    "Finding",
+    "PolicyConfig",
+    "Resource",
+    "Rule",
+    "evaluate",
+    "gpu_capacity",
+    "gpus_per_pod",
+    "pod_templates",
+]

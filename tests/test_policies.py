@@ -1,0 +1,542 @@
+"""Policy rules: each with compliant and violating input; the pack built from the
+same rules; a violating stack failing the preview with exactly the expected rules;
+random valid workloads never crashing a rule; enforcement overrides."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pulumi_policy import EnforcementLevel, Severity, StackValidationPolicy
+
+from policies import pack, rules
+from policies.rules import PolicyConfig, Resource
+from tests.helpers import base_config
+from tools import preview as preview_cli
+from workloads import pod
+
+FIXTURES = Path(__file__).parent / "fixtures"
+CFG = PolicyConfig(
+    max_gpus_per_pod=4, max_gpu_node_group_size=8, spot_priority_classes=("training-preemptible",)
+)
+IMAGE = "registry.example/app@sha256:" + "a" * 64
+
+
+def template(gpus: int = 0, priority: str = "training-default", **overrides: Any) -> dict[str, Any]:
+    t = pod.pod_template(
+        pod.PodSpec(
+            labels={"app": "x"},
+            containers=[
+                pod.Container("main", IMAGE, pod.Resources(cpu="1", memory="2Gi", gpus=gpus))
+            ],
+            priority_class=priority,
+            spot_priority_classes=CFG.spot_priority_classes,
+        )
+    )
+    t["spec"].update(overrides)
+    return t
+
+
+def k8s(
+    kind: str,
+    name: str,
+    spec: dict[str, Any],
+    namespace: str | None = "team",
+    api: str = "apps/v1",
+    labels: dict[str, str] | None = None,
+) -> Resource:
+    meta: dict[str, Any] = {"name": name, "labels": labels or {}}
+    if namespace:
+        meta["namespace"] = namespace
+    return Resource(
+        f"kubernetes:{api}:{kind}",
+        f"r-{name}",
+        {"apiVersion": api, "kind": kind, "metadata": meta, "spec": spec},
+    )
+
+
+def deploy(t: dict[str, Any], name: str = "d", replicas: int = 1, **kw: Any) -> Resource:
+    return k8s(
+        "Deployment",
+        name,
+        {"replicas": replicas, "selector": {"matchLabels": {"app": "x"}}, "template": t},
+        **kw,
+    )
+
+
+def node_group(
+    types: list[str],
+    ami: str = "AL2023_x86_64_NVIDIA",
+    max_size: int = 2,
+    capacity: str = "ON_DEMAND",
+    taints: list[str] | None = None,
+) -> Resource:
+    if taints is None:
+        taints = ["nvidia.com/gpu"] + (
+            ["mlplatform.io/capacity-type"] if capacity == "SPOT" else []
+        )
+    keys = taints if types[0].startswith(("g", "p")) else []
+    return Resource(
+        "aws:eks/nodeGroup:NodeGroup",
+        "ng",
+        {
+            "instanceTypes": types,
+            "amiType": ami,
+            "capacityType": capacity,
+            "scalingConfig": {"minSize": 0, "maxSize": max_size, "desiredSize": 0},
+            "taints": [{"key": k, "value": "true", "effect": "NO_SCHEDULE"} for k in keys],
+            "labels": {"nvidia.com/gpu.present": "true"}
+            if any(t.startswith(("g", "p")) for t in types)
+            else {},
+        },
+    )
+
+
+def quota(gpus: int, namespace: str = "team") -> Resource:
+    return k8s(
+        "ResourceQuota", "q", {"hard": {"requests.nvidia.com/gpu": str(gpus)}}, namespace, api="v1"
+    )
+
+
+def with_requests_only() -> dict[str, Any]:
+    t = template(0)
+    t["spec"]["containers"][0]["resources"]["requests"]["nvidia.com/gpu"] = "1"
+    return t
+
+
+def without(path: list[str | int], t: dict[str, Any]) -> dict[str, Any]:
+    t = copy.deepcopy(t)
+    target: Any = t
+    for key in path[:-1]:
+        target = target[key]
+    del target[path[-1]]
+    return t
+
+
+def container_field(t: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    t = copy.deepcopy(t)
+    t["spec"]["containers"][0][key] = value
+    return t
+
+
+GPU_NODES = node_group(["g5.12xlarge"])  # 4 GPUs per node, 8 at maxSize 2
+INFERENCE = {"mlplatform.io/workload-kind": "inference"}
+PDB = k8s(
+    "PodDisruptionBudget",
+    "pdb",
+    {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "x"}}},
+    api="policy/v1",
+)
+NS = k8s("Namespace", "team", {}, namespace=None, api="v1", labels={"mlplatform.io/team": "team"})
+DENY = k8s(
+    "NetworkPolicy",
+    "default-deny",
+    {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]},
+    api="networking.k8s.io/v1",
+)
+ALLOW_ALL = k8s(
+    "NetworkPolicy",
+    "open",
+    {"podSelector": {}, "policyTypes": ["Ingress", "Egress"], "ingress": [{}]},
+    api="networking.k8s.io/v1",
+)
+JOB_OK = k8s(
+    "Job",
+    "j",
+    {
+        "backoffLimit": 2,
+        "activeDeadlineSeconds": 60,
+        "template": template(0, restartPolicy="Never"),
+    },
+    api="batch/v1",
+)
+LB = k8s("Service", "svc", {"type": "LoadBalancer", "ports": [{"port": 80}]}, api="v1")
+
+# rule -> (compliant resources, violating resources, words in the violation)
+CASES: dict[str, tuple[list[Resource], list[Resource], str]] = {
+    "gpu-in-limits": ([deploy(template(1))], [deploy(with_requests_only())], "sets no limit"),
+    "gpu-per-pod-max": ([deploy(template(4))], [deploy(template(5))], "allows 4"),
+    "gpu-pod-fits-node": (
+        [GPU_NODES, deploy(template(4))],
+        [GPU_NODES, deploy(template(8))],
+        "largest GPU node in the stack has 4",
+    ),
+    "gpu-scheduling": (
+        [
+            deploy(template(1)),
+            deploy(template(0)),
+            k8s(
+                "DaemonSet",
+                "agent",
+                {"template": template(0, tolerations=[{"operator": "Exists"}])},
+            ),
+        ],
+        [
+            deploy(
+                template(
+                    0,
+                    tolerations=[
+                        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+                    ],
+                )
+            ),
+            deploy(without(["spec", "affinity"], template(1)), name="no-affinity"),
+        ],
+        "tolerates the nvidia.com/gpu taint",
+    ),
+    "gpu-priority-class": (
+        [deploy(template(1))],
+        [deploy(template(1, priorityClassName="urgent"))],
+        "priorityClassName 'urgent'",
+    ),
+    "gpu-spot-placement": (
+        [deploy(template(1, priority="training-preemptible"))],
+        [
+            deploy(
+                template(
+                    1,
+                    tolerations=[
+                        {
+                            "key": "mlplatform.io/capacity-type",
+                            "operator": "Exists",
+                            "effect": "NoSchedule",
+                        }
+                    ],
+                )
+            )
+        ],
+        "spot allows training-preemptible",
+    ),
+    "gpu-system-namespaces": (
+        [deploy(template(0), namespace="kube-system")],
+        [deploy(template(1), namespace="default")],
+        "namespace 'default'",
+    ),
+    "gpu-namespace-quota": (
+        [quota(4), deploy(template(1))],
+        [quota(4, "other"), deploy(template(1))],
+        "no requests.nvidia.com/gpu quota",
+    ),
+    "gpu-quota-capacity": (
+        [GPU_NODES, quota(8)],
+        [GPU_NODES, quota(6), quota(6, "b")],
+        "add up to 12",
+    ),
+    "gpu-always-on-demand": (
+        [GPU_NODES, deploy(template(1), replicas=8)],
+        [GPU_NODES, deploy(template(1), replicas=9)],
+        "needs 9 GPUs",
+    ),
+    "gpu-node-group": (
+        [
+            GPU_NODES,
+            node_group(["g5.xlarge"], capacity="SPOT"),
+            node_group(["m5.large"], ami="AL2"),
+        ],
+        [
+            node_group(["g5.xlarge"], ami="AL2023_x86_64_STANDARD"),
+            node_group(["g5.xlarge"], capacity="SPOT", taints=["nvidia.com/gpu"]),
+            node_group(["g5.xlarge"], max_size=9),
+        ],
+        "no NVIDIA driver",
+    ),
+    "container-resources": (
+        [deploy(template(0))],
+        [deploy(without(["spec", "containers", 0, "resources", "limits", "memory"], template(0)))],
+        "limits.memory",
+    ),
+    "image-pinned": (
+        [deploy(container_field(template(0), "image", "r.example/a:1.2"))],
+        [deploy(container_field(template(0), "image", "r.example/a:latest"))],
+        "not pinned",
+    ),
+    "inference-readiness": (
+        [
+            deploy(
+                container_field(
+                    template(1), "readinessProbe", {"httpGet": {"path": "/r", "port": 8080}}
+                ),
+                labels=INFERENCE,
+            )
+        ],
+        [deploy(template(1), labels=INFERENCE)],
+        "no readinessProbe",
+    ),
+    "inference-pdb": (
+        [deploy(template(1), labels=INFERENCE), PDB],
+        [deploy(template(1), labels=INFERENCE)],
+        "no PodDisruptionBudget",
+    ),
+    "job-limits": (
+        [JOB_OK],
+        [k8s("Job", "j", {"template": template(0, restartPolicy="Never")}, api="batch/v1")],
+        "no backoffLimit",
+    ),
+    "namespace-default-deny": ([NS, DENY], [NS, ALLOW_ALL], "no default-deny"),
+    "pod-security-restricted": (
+        [deploy(template(0))],
+        [
+            deploy(template(0, hostNetwork=True)),
+            deploy(container_field(template(0), "securityContext", {"privileged": True}), name="p"),
+        ],
+        "hostNetwork is true",
+    ),
+    "no-load-balancer": (
+        [k8s("Service", "svc", {"type": "ClusterIP"}, api="v1")],
+        [LB],
+        "LoadBalancer",
+    ),
+}
+
+
+def test_every_rule_has_cases() -> None:
+    assert set(CASES) == set(rules.RULE_NAMES)
+
+
+def _findings(rule: str, resources: list[Resource], cfg: PolicyConfig = CFG) -> list[rules.Finding]:
+    return [f for f in rules.evaluate(resources, cfg) if f.policy == rule]
+
+
+@pytest.mark.parametrize("rule", sorted(CASES))
+def test_compliant_input_passes(rule: str) -> None:
+    compliant, _, _ = CASES[rule]
+    assert _findings(rule, compliant) == []
+
+
+@pytest.mark.parametrize("rule", sorted(CASES))
+def test_violating_input_is_reported(rule: str) -> None:
+    _, violating, words = CASES[rule]
+    found = _findings(rule, violating)
+    assert found, f"{rule} reported nothing"
+    assert any(words in f.message for f in found), [f.message for f in found]
+    r = rules.RULES_BY_NAME[rule]
+    assert all(
+        f.level == r.enforcement and f.severity == r.severity and f.remediation == r.remediation
+        for f in found
+    )
+
+
+def test_configured_thresholds_change_the_verdict() -> None:
+    lb = [LB]
+    assert _findings("no-load-balancer", lb, PolicyConfig(allow_load_balancers=True)) == []
+    tagged = [deploy(container_field(template(0), "image", "r.example/a:1.2"))]
+    assert _findings("image-pinned", tagged, PolicyConfig(require_image_digests=True))
+    assert not _findings(
+        "image-pinned", [deploy(template(0))], PolicyConfig(require_image_digests=True)
+    )
+    over = [GPU_NODES, quota(12)]
+    assert _findings("gpu-quota-capacity", over)
+    assert not _findings("gpu-quota-capacity", over, PolicyConfig(gpu_quota_overcommit=1.5))
+
+
+def test_unknown_values_are_skipped() -> None:
+    """During a real preview an image digest or size may be unknown (None)."""
+    t = container_field(template(0), "image", None)
+    assert _findings("image-pinned", [deploy(t)], PolicyConfig(require_image_digests=True)) == []
+    ng = node_group(["g5.xlarge"])
+    ng.props["scalingConfig"]["maxSize"] = None  # type: ignore[index]
+    assert _findings("gpu-node-group", [ng]) == []
+
+
+def test_rules_have_metadata() -> None:
+    for r in rules.RULES:
+        assert r.description and r.remediation
+        assert r.enforcement in ("mandatory", "advisory")
+        assert r.severity in ("critical", "high", "medium", "low")
+        assert (r.resource_check is None) != (r.stack_check is None)
+        assert set(r.config_keys) <= set(PolicyConfig.keys())
+
+
+# -- the policy pack --------------------------------------------------------------
+
+
+def test_pack_builds_one_policy_per_rule() -> None:
+    policies = pack.build_policies()
+    assert [p.name for p in policies] == list(rules.RULE_NAMES)
+    for p, r in zip(policies, rules.RULES, strict=True):
+        assert p.description == r.description
+        assert p.enforcement_level == EnforcementLevel(r.enforcement)
+        assert p.severity == Severity(r.severity)
+        assert p.remediation_steps == r.remediation
+        assert isinstance(p, StackValidationPolicy) == (r.stack_check is not None)
+        schema = p.config_schema
+        assert (set(schema.properties) if schema else set()) == set(r.config_keys)
+
+
+class _Args:
+    def __init__(
+        self,
+        resource: Resource | None = None,
+        config: dict[str, Any] | None = None,
+        resources: list[Resource] | None = None,
+    ) -> None:
+        if resource is not None:
+            self.resource_type, self.name, self.props = resource.type, resource.name, resource.props
+        self.resources = [
+            type(
+                "R",
+                (),
+                {"resource_type": r.type, "name": r.name, "props": r.props, "urn": f"urn:{r.name}"},
+            )()
+            for r in resources or []
+        ]
+        self._config = config or {}
+
+    def get_config(self) -> dict[str, Any]:
+        return self._config
+
+
+def test_pack_validators_call_the_rules_with_the_policy_config() -> None:
+    reports: list[tuple[str, str | None]] = []
+    validate = pack._resource_validator(rules.RULES_BY_NAME["gpu-per-pod-max"])
+    validate(
+        _Args(deploy(template(3)), {"maxGpusPerPod": 2, "enforcementLevel": "mandatory"}),  # type: ignore[arg-type]
+        lambda message, urn=None: reports.append((message, urn)),
+    )
+    assert reports == [
+        ("spec.template.spec asks for 3 GPUs per pod; this environment allows 2", None)
+    ]
+    reports.clear()
+    stack = pack._stack_validator(rules.RULES_BY_NAME["gpu-namespace-quota"])
+    stack(
+        _Args(resources=[deploy(template(1))]),  # type: ignore[arg-type]
+        lambda message, urn=None: reports.append((message, urn)),
+    )
+    assert reports == [
+        ("runs GPU pods in namespace 'team', which has no requests.nvidia.com/gpu quota", "urn:r-d")
+    ]
+
+
+def test_policy_config_files_are_current() -> None:
+    from tools import policy
+
+    assert policy.main(["--check"]) == 0, "run `make policy-config`"
+    prod = json.loads((Path(__file__).parent.parent / "policies/config/prod.json").read_text())
+    assert set(prod) == set(rules.RULE_NAMES)
+    assert prod["image-pinned"] == {"enforcementLevel": "mandatory", "requireImageDigests": True}
+
+
+# -- the offline runner ------------------------------------------------------------
+
+
+def _preview(
+    tmp_path: Path, config: dict[str, Any], program: Path | None = None
+) -> tuple[int, list[dict[str, Any]], str]:
+    path = tmp_path / "Pulumi.fx.yaml"
+    path.write_text(yaml.safe_dump({"config": config}))
+    argv = ["--stack", "fx", "--stack-file", str(path), "--out", str(tmp_path / "b")]
+    if program:
+        argv += ["--program", str(program)]
+    code = preview_cli.main(argv)
+    findings = json.loads((tmp_path / "b/fx/policy.json").read_text())
+    return code, findings, (tmp_path / "b/fx/plan.md").read_text()
+
+
+def test_violating_stack_fails_with_exactly_the_expected_rules(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, findings, plan = _preview(tmp_path, base_config(), FIXTURES / "violating_program.py")
+    assert code == 1
+    assert {f["policy"] for f in findings} == set(rules.RULE_NAMES)
+    assert all(f["level"] == "mandatory" for f in findings)
+    by_rule = {f["policy"]: f for f in findings}
+    assert by_rule["no-load-balancer"]["resource"] == "vision/Service/public"
+    assert by_rule["gpu-system-namespaces"]["resource"] == "default/Deployment/gpu-in-default"
+    err = capsys.readouterr().err
+    assert "mandatory: [gpu-in-limits] vision/Deployment/gpu-requests-only:" in err
+    assert "| mandatory | `no-load-balancer` | `vision/Service/public` |" in plan
+
+
+def test_advisory_findings_do_not_fail_the_preview(tmp_path: Path) -> None:
+    config = base_config(policy={"enforcement": {name: "advisory" for name in rules.RULE_NAMES}})
+    code, findings, plan = _preview(tmp_path, config, FIXTURES / "violating_program.py")
+    assert code == 0
+    assert {f["level"] for f in findings} == {"advisory"}
+    assert "| advisory | `gpu-in-limits` |" in plan
+
+
+def test_disabled_rules_report_nothing(tmp_path: Path) -> None:
+    config = base_config(policy={"enforcement": {name: "disabled" for name in rules.RULE_NAMES}})
+    code, findings, _ = _preview(tmp_path, config, FIXTURES / "violating_program.py")
+    assert (code, findings) == (0, [])
+
+
+def test_unknown_rule_in_enforcement_is_a_config_error() -> None:
+    from infra.settings import ConfigError, load_settings
+
+    with pytest.raises(ConfigError) as info:
+        load_settings(base_config(policy={"enforcement": {"gpu-in-limit": "advisory"}}), "dev")
+    ((path, message),) = info.value.problems
+    assert path == 'mlplatform:policy.enforcement["gpu-in-limit"]'
+    assert "did you mean 'gpu-in-limits'" in message
+
+
+# -- property: the platform's own output never breaks a rule --------------------------
+
+PRIORITY = st.sampled_from(["training-high", "training-default", "training-preemptible"])
+NAMES = st.text("abcdefghij", min_size=1, max_size=6)
+
+
+@st.composite
+def workload(draw: st.DrawFn, index: int) -> dict[str, Any]:
+    kind = draw(st.sampled_from(["training", "distributed", "inference", "batch"]))
+    gpus = draw(st.integers(0, 1))
+    spec: dict[str, Any] = {
+        "kind": kind,
+        "name": f"w{index}-{draw(NAMES)}",
+        "team": "vision",
+        "gpus": gpus,
+        "cpu": draw(st.sampled_from(["500m", "1", "4"])),
+        "memory": draw(st.sampled_from(["2Gi", "8Gi", "16Gi"])),
+    }
+    model = {"uri": "s3://models/m/v1"}
+    if kind == "training":
+        spec["priorityClass"] = draw(PRIORITY)
+        if draw(st.booleans()):
+            spec["schedule"] = draw(st.sampled_from(["0 3 * * *", "*/30 * * * *", "@daily"]))
+    elif kind == "distributed":
+        spec |= {
+            "nodes": draw(st.integers(1, 3)),
+            "priorityClass": draw(PRIORITY),
+            "checkpoint": {"claim": "shared-checkpoints"},
+            "backend": draw(st.sampled_from(["indexed-job", "pytorchjob"])),
+        }
+    elif kind == "inference":
+        low = draw(st.integers(1, 2))
+        spec |= {"model": model, "minReplicas": low, "maxReplicas": draw(st.integers(low, 4))}
+        if draw(st.booleans()):
+            spec["canary"] = {"weight": draw(st.integers(1, 50)), "modelUri": "s3://models/m/v2"}
+    else:
+        shards = draw(st.integers(1, 20))
+        spec |= {
+            "model": model,
+            "input": "s3://in/x",
+            "output": "s3://out/x",
+            "shards": shards,
+            "parallelism": draw(st.integers(1, shards)),
+        }
+    return spec
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(1, 4).flatmap(lambda n: st.tuples(*[workload(i) for i in range(n)])))
+def test_random_valid_workloads_never_crash_or_break_a_rule(
+    workloads: tuple[dict[str, Any], ...],
+) -> None:
+    config = base_config(
+        runtimeImage={"build": {}},
+        workloads=list(workloads),
+        teams=[{"name": "vision", "quota": {"gpus": 4, "overcommit": True}}],
+        policy={"gpuQuotaOvercommit": 10},
+    )
+    preview = preview_cli.build_preview("prop", config)
+    capacity_rules = {"gpu-always-on-demand"}  # random replica counts may exceed 4 GPUs
+    assert [f for f in preview.findings if f["policy"] not in capacity_rules] == []
+    for f in preview.findings:
+        assert f["policy"] in rules.RULE_NAMES
