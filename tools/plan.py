@@ -139,6 +139,27 @@ def render(preview: Preview) -> str:
     else:
         out.append("None.")
 
+    releases = [r for r in run.records if r.type == "kubernetes:helm.sh/v3:Release"]
+    if releases:
+        out += ["", "## Helm releases", ""]
+        out += _table(
+            ["release", "chart", "version", "namespace"],
+            [
+                [
+                    str(r.inputs.get("name", r.name)),
+                    str(r.inputs.get("chart", "")),
+                    str(r.inputs.get("version", "")),
+                    str(r.inputs.get("namespace", "")),
+                ]
+                for r in releases
+            ],
+        )
+        out += [
+            "",
+            "A Helm release is one resource here: its objects are not rendered or validated by "
+            "the offline preview (`pulumi preview --diff` shows them).",
+        ]
+
     out += ["", "## Policy findings", ""]
     if preview.findings:
         out += _table(
@@ -152,11 +173,21 @@ def render(preview: Preview) -> str:
         out.append("None.")
 
     out += ["", "## Schema validation", ""]
-    validated = len(preview.manifests) - len(preview.unvalidated)
+    builtin = len(preview.manifests) - len(preview.unvalidated) - len(preview.crd_validated)
     out.append(
-        f"{validated} manifests validated strictly (unknown fields are errors) against "
+        f"{builtin} manifests validated strictly (unknown fields are errors) against "
         f"Kubernetes {s.cluster.kubernetes_version}; {len(preview.schema_problems)} failed."
     )
+    if preview.crd_validated:
+        against = sorted(set(preview.crd_validated.values()))
+        out += [
+            "",
+            f"{len(preview.crd_validated)} custom resources validated against "
+            f"{'; '.join(against)} (structure, types and enums; unknown fields are not "
+            "checked by these models):",
+            "",
+        ]
+        out += [f"- `{path}`" for path in sorted(preview.crd_validated)]
     for path, problems in sorted(preview.schema_problems.items()):
         for p in problems:
             out.append(f"- FAILED `{path}`: `{p.path}`: {p.message}")

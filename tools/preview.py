@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from infra.settings import ConfigError, PlatformSettings, load_settings
-from tools import plan, policy
+from tools import crds, plan, policy
 from tools.offline import ROOT, Run, manifest, read_stack_config, run_program, stack_file
 from tools.schema import SchemaProblem, SchemaValidator
 
@@ -47,6 +47,7 @@ class Preview:
     manifests: dict[str, dict[str, Any]]  # relative path -> manifest
     schema_problems: dict[str, list[SchemaProblem]] = field(default_factory=dict)
     unvalidated: dict[str, str] = field(default_factory=dict)  # path -> reason
+    crd_validated: dict[str, str] = field(default_factory=dict)  # path -> against what
     findings: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -78,16 +79,18 @@ def build_preview(
     preview = Preview(stack, settings, run, manifests)
     preview.findings = [f.as_dict() for f in policy.evaluate(run, settings)]
     validator = SchemaValidator(settings.cluster.kubernetes_version)
+    custom: dict[str, dict[str, Any]] = {}
     for path, m in sorted(manifests.items()):
         if not validator.has_schema(m["apiVersion"], m["kind"]):
-            preview.unvalidated[path] = (
-                f"no schema for {m['apiVersion']} {m['kind']} in Kubernetes "
-                f"{validator.schema_version} (custom resource)"
-            )
+            custom[path] = m
             continue
         problems = validator.validate(m)
         if problems:
             preview.schema_problems[path] = problems
+    crd = crds.validate(custom)
+    preview.schema_problems.update(crd.problems)
+    preview.crd_validated = crd.validated
+    preview.unvalidated = crd.unvalidated
     return preview
 
 
@@ -168,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - started
     print(
         f"{args.stack}: {len(preview.run.records)} resources, {len(preview.manifests)} manifests "
-        f"({len(preview.unvalidated)} unvalidated custom resources), "
+        f"({len(preview.crd_validated)} custom resources validated against their operator's "
+        f"models, {len(preview.unvalidated)} not validated), "
         f"{len(preview.findings)} policy findings -> {out_dir} ({elapsed:.2f}s)"
     )
     return preview.exit_code

@@ -98,6 +98,11 @@ class InferenceServiceSpec(common.WorkloadSpec):
     )
     max_queue_size: int = Field(256, ge=1, description="Requests queued before answering 503.")
     startup_seconds: int = Field(600, ge=30, description="Time allowed to load and warm the model.")
+    latency_slo_ms: float = Field(
+        500,
+        gt=0,
+        description="p95 latency objective; an alert fires when it is missed for 10 minutes.",
+    )
     canary: Canary | None = Field(None, description="A canary version.")
     termination_grace_period_seconds: int = Field(
         60, ge=15, le=3600, description="Drain time on SIGTERM."

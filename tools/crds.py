@@ -1,0 +1,75 @@
+"""Validation of custom resources against the models of the operator version the
+stack installs: prometheus-operator v0.91.0 (kube-prometheus-stack 86.3.2), as
+published on npm by @kubernetes-models/prometheus-operator 6.0.0 (generated from
+that version's Go API). The Makefile installs the package into .tools/ (pinned).
+
+These models check structure, types and enums, not unknown fields (the API
+server prunes fields a CRD does not know); plan.md says so.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tools.schema import SchemaProblem
+
+ROOT = Path(__file__).resolve().parent.parent
+TOOLS = ROOT / ".tools"
+SCRIPT = Path(__file__).resolve().parent / "validate_crds.mjs"
+MODELS = {
+    "monitoring.coreos.com/v1": "prometheus-operator v0.91.0 models "
+    "(@kubernetes-models/prometheus-operator 6.0.0)",
+}
+PACKAGE_DIR = TOOLS / "node_modules" / "@kubernetes-models" / "prometheus-operator"
+
+
+@dataclass
+class CrdReport:
+    problems: dict[str, list[SchemaProblem]]
+    validated: dict[str, str]  # path -> what it was validated against
+    unvalidated: dict[str, str]  # path -> why not
+
+
+def validate(manifests: dict[str, dict[str, Any]]) -> CrdReport:
+    """Validate custom resources (path -> manifest) whose group we have models for."""
+    report = CrdReport({}, {}, {})
+    known = {p: m for p, m in manifests.items() if m.get("apiVersion") in MODELS}
+    for path, m in manifests.items():
+        if path not in known:
+            report.unvalidated[path] = (
+                f"no schema for {m.get('apiVersion')} {m.get('kind')} (custom resource of an "
+                "operator this stack does not install)"
+            )
+    if not known:
+        return report
+    node = shutil.which("node")
+    if node is None or not PACKAGE_DIR.is_dir():
+        for path in known:
+            report.unvalidated[path] = "CRD models not installed: run `make .tools/.installed`"
+        return report
+    payload = json.dumps([{"path": p, "manifest": m} for p, m in sorted(known.items())])
+    result = subprocess.run(
+        [node, str(SCRIPT), str(TOOLS)],
+        input=payload,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"CRD validation failed to run: {result.stderr.strip()[-500:]}")
+    for path, errors in json.loads(result.stdout).items():
+        api = known[path]["apiVersion"]
+        if errors is None:
+            report.unvalidated[path] = f"no model for {api} {known[path].get('kind')}"
+        elif errors:
+            report.problems[path] = [SchemaProblem(e["path"], e["message"]) for e in errors]
+            report.validated[path] = MODELS[api]
+        else:
+            report.validated[path] = MODELS[api]
+    return report

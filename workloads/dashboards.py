@@ -1,0 +1,342 @@
+"""Grafana dashboards of the platform, as dashboard JSON (schemaVersion 39).
+
+Each dashboard picks its Prometheus through a `datasource` variable, so it works
+with whatever the Grafana sidecar provisions; panel ids are unique and the layout
+is a two-column grid. Every expression is PromQL over names in
+`workloads.metric_catalog` (tests parse each one and check the names).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from workloads.metric_catalog import PROFILING_PREFIX
+
+SCHEMA_VERSION = 39
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+# Grafana's own variables, which no PromQL parser knows: what tests substitute.
+GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$namespace": ".*", "$node": ".*"}
+
+
+@dataclass(frozen=True)
+class Target:
+    expr: str
+    legend: str
+
+
+@dataclass(frozen=True)
+class Panel:
+    title: str
+    targets: tuple[Target, ...]
+    unit: str = "short"
+    description: str = ""
+    kind: str = "timeseries"
+    stack: bool = False
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    uid: str
+    title: str
+    description: str
+    panels: tuple[Panel, ...]
+    namespace_variable: str | None = None  # metric to list namespaces from
+    node_variable: bool = False
+    tags: tuple[str, ...] = field(default=("mlplatform",))
+
+    def panels_for(self, profiling: bool) -> tuple[Panel, ...]:
+        """Without DCGM profiling, panels on DCGM_FI_PROF_* fields would stay empty."""
+        if profiling:
+            return self.panels
+        return tuple(
+            p for p in self.panels if not any(PROFILING_PREFIX in t.expr for t in p.targets)
+        )
+
+    def render(self, profiling: bool = True) -> dict[str, Any]:
+        variables: list[dict[str, Any]] = [
+            {
+                "name": "datasource",
+                "label": "Prometheus",
+                "type": "datasource",
+                "query": "prometheus",
+                "current": {},
+                "hide": 0,
+            }
+        ]
+        if self.namespace_variable:
+            variables.append(
+                _query_variable("namespace", f"label_values({self.namespace_variable}, namespace)")
+            )
+        if self.node_variable:
+            variables.append(_query_variable("node", "label_values(DCGM_FI_DEV_GPU_UTIL, node)"))
+        panels = []
+        for i, p in enumerate(self.panels_for(profiling)):
+            panels.append(
+                {
+                    "id": i + 1,
+                    "type": p.kind,
+                    "title": p.title,
+                    "description": p.description,
+                    "datasource": DATASOURCE,
+                    "gridPos": {"h": 8, "w": 12, "x": (i % 2) * 12, "y": (i // 2) * 8},
+                    "fieldConfig": {
+                        "defaults": {
+                            "unit": p.unit,
+                            "custom": {"stacking": {"mode": "normal" if p.stack else "none"}},
+                        },
+                        "overrides": [],
+                    },
+                    "options": {"legend": {"displayMode": "table", "placement": "bottom"}},
+                    "targets": [
+                        {
+                            "refId": chr(ord("A") + j),
+                            "expr": t.expr,
+                            "legendFormat": t.legend,
+                            "datasource": DATASOURCE,
+                        }
+                        for j, t in enumerate(p.targets)
+                    ],
+                }
+            )
+        return {
+            "uid": self.uid,
+            "title": self.title,
+            "description": self.description,
+            "tags": list(self.tags),
+            "schemaVersion": SCHEMA_VERSION,
+            "version": 1,
+            "editable": False,
+            "timezone": "utc",
+            "refresh": "30s",
+            "time": {"from": "now-6h", "to": "now"},
+            "templating": {"list": variables},
+            "annotations": {"list": []},
+            "panels": panels,
+        }
+
+
+def _query_variable(name: str, query: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "query",
+        "datasource": DATASOURCE,
+        "query": {"query": query, "refId": name},
+        "definition": query,
+        "includeAll": True,
+        "allValue": ".*",
+        "multi": True,
+        "refresh": 2,
+        "current": {},
+        "hide": 0,
+    }
+
+
+def _t(expr: str, legend: str) -> Target:
+    return Target(expr, legend)
+
+
+NS = 'namespace=~"$namespace"'
+BY_MODEL = "sum by (namespace, model)"
+ERRORS = NS + ', code=~"5.."'
+POD_LEGEND = "{{namespace}}/{{pod}}"
+MODEL_LEGEND = "{{namespace}}/{{model}}"
+
+
+def _rate(metric: str, selector: str = NS) -> str:
+    return f"rate({metric}{{{selector}}}[$__rate_interval])"
+
+
+def _quota(resource: str, kind: str) -> str:
+    return f'sum by (namespace) (kube_resourcequota{{{NS}, resource="{resource}", type="{kind}"}})'
+
+
+def _quota_share(resource: str) -> str:
+    """Used over hard, only where a hard limit exists (no division by zero)."""
+    return f"{_quota(resource, 'used')} / ({_quota(resource, 'hard')} > 0)"
+
+
+GPU = Dashboard(
+    uid="mlplatform-gpu",
+    title="mlplatform / GPUs",
+    description="GPU utilisation, memory, power and health per node and per pod (DCGM exporter).",
+    node_variable=True,
+    panels=(
+        Panel(
+            "GPU utilisation by node",
+            (_t('avg by (node) (DCGM_FI_DEV_GPU_UTIL{node=~"$node"})', "{{node}}"),),
+            unit="percent",
+        ),
+        Panel(
+            "GPU utilisation by pod",
+            (_t('avg by (namespace, pod) (DCGM_FI_DEV_GPU_UTIL{pod!=""})', POD_LEGEND),),
+            unit="percent",
+        ),
+        Panel(
+            "GPU memory used by pod",
+            (_t('sum by (namespace, pod) (DCGM_FI_DEV_FB_USED{pod!=""})', POD_LEGEND),),
+            unit="decmbytes",
+        ),
+        Panel(
+            "GPU memory used by node (share)",
+            (
+                _t(
+                    'sum by (node) (DCGM_FI_DEV_FB_USED{node=~"$node"}) / sum by (node) '
+                    '(DCGM_FI_DEV_FB_USED{node=~"$node"} + DCGM_FI_DEV_FB_FREE{node=~"$node"})',
+                    "{{node}}",
+                ),
+            ),
+            unit="percentunit",
+        ),
+        Panel(
+            "Power by node",
+            (_t('sum by (node) (DCGM_FI_DEV_POWER_USAGE{node=~"$node"})', "{{node}}"),),
+            unit="watt",
+        ),
+        Panel(
+            "Power by pod",
+            (_t('sum by (namespace, pod) (DCGM_FI_DEV_POWER_USAGE{pod!=""})', POD_LEGEND),),
+            unit="watt",
+        ),
+        Panel(
+            "Tensor pipe active by pod",
+            (_t('avg by (namespace, pod) (DCGM_FI_PROF_PIPE_TENSOR_ACTIVE{pod!=""})', POD_LEGEND),),
+            unit="percentunit",
+            description="Share of cycles the tensor cores work: how well mixed precision pays.",
+        ),
+        Panel(
+            "Temperature (max by node)",
+            (_t('max by (node) (DCGM_FI_DEV_GPU_TEMP{node=~"$node"})', "{{node}}"),),
+            unit="celsius",
+        ),
+        Panel(
+            "XID errors",
+            (
+                _t(
+                    "max by (node, gpu) (max_over_time(DCGM_FI_DEV_XID_ERRORS[$__rate_interval]))",
+                    "{{node}} GPU {{gpu}}",
+                ),
+            ),
+            description="Last XID error code per GPU; non-zero means a driver-reported fault.",
+        ),
+    ),
+)
+
+INFERENCE = Dashboard(
+    uid="mlplatform-inference",
+    title="mlplatform / Inference",
+    description="Request rate, errors, latency quantiles, batch sizes and queues of the model "
+    "servers.",
+    namespace_variable="mlserve_requests_total",
+    panels=(
+        Panel(
+            "Requests per second",
+            (_t(f"{BY_MODEL} ({_rate('mlserve_requests_total')})", MODEL_LEGEND),),
+            unit="reqps",
+        ),
+        Panel(
+            "Error ratio (5xx)",
+            (
+                _t(
+                    f"{BY_MODEL} ({_rate('mlserve_requests_total', ERRORS)}) / "
+                    f"{BY_MODEL} ({_rate('mlserve_requests_total')})",
+                    MODEL_LEGEND,
+                ),
+            ),
+            unit="percentunit",
+        ),
+        Panel(
+            "Latency p50 / p95 / p99",
+            tuple(
+                _t(
+                    f"histogram_quantile({q}, sum by (le, namespace, model) "
+                    f"({_rate('mlserve_request_duration_seconds_bucket')}))",
+                    f"p{int(q * 100)} {MODEL_LEGEND}",
+                )
+                for q in (0.5, 0.95, 0.99)
+            ),
+            unit="s",
+        ),
+        Panel(
+            "Mean batch size",
+            (
+                _t(
+                    f"{BY_MODEL} ({_rate('mlserve_batch_size_sum')}) / "
+                    f"{BY_MODEL} ({_rate('mlserve_batch_size_count')})",
+                    MODEL_LEGEND,
+                ),
+            ),
+            description="Rows per forward pass: how much the dynamic batcher coalesces.",
+        ),
+        Panel("Queue depth", (_t(f"{BY_MODEL} (mlserve_queue_depth{{{NS}}})", MODEL_LEGEND),)),
+        Panel(
+            "In-flight requests per pod",
+            (_t(f"mlserve_inflight_requests{{{NS}}}", POD_LEGEND),),
+            description="The HPA's per-pod custom metric.",
+        ),
+    ),
+)
+
+TRAINING = Dashboard(
+    uid="mlplatform-training",
+    title="mlplatform / Training",
+    description="Throughput, loss, progress and GPU memory of the runtime's training jobs.",
+    namespace_variable="mltrain_step",
+    panels=(
+        Panel(
+            "Samples per second by pod",
+            (_t(f"sum by (namespace, pod) (mltrain_samples_per_second{{{NS}}})", POD_LEGEND),),
+            stack=True,
+        ),
+        Panel("Loss", (_t(f"mltrain_loss{{{NS}}}", POD_LEGEND),)),
+        Panel("Step", (_t(f"max by (namespace, pod) (mltrain_step{{{NS}}})", POD_LEGEND),)),
+        Panel(
+            "GPU memory allocated",
+            (_t(f"mltrain_gpu_memory_allocated_bytes{{{NS}}}", POD_LEGEND),),
+            unit="bytes",
+        ),
+        Panel(
+            "Checkpoints written",
+            (
+                _t(
+                    f"sum by (namespace, pod) (increase(mltrain_checkpoints_total{{{NS}}}[1h]))",
+                    POD_LEGEND,
+                ),
+            ),
+        ),
+    ),
+)
+
+GPU_QUOTA = "requests.nvidia.com/gpu"
+QUOTAS = Dashboard(
+    uid="mlplatform-quotas",
+    title="mlplatform / Team quotas",
+    description="GPU, CPU and memory quota use per team namespace.",
+    namespace_variable="kube_resourcequota",
+    panels=(
+        Panel(
+            "GPU quota used / hard",
+            (
+                _t(_quota(GPU_QUOTA, "used"), "{{namespace}} used"),
+                _t(_quota(GPU_QUOTA, "hard"), "{{namespace}} hard"),
+            ),
+        ),
+        Panel(
+            "GPU quota use (share)",
+            (_t(_quota_share(GPU_QUOTA), "{{namespace}}"),),
+            unit="percentunit",
+        ),
+        Panel(
+            "CPU requests quota use (share)",
+            (_t(_quota_share("requests.cpu"), "{{namespace}}"),),
+            unit="percentunit",
+        ),
+        Panel(
+            "Memory requests quota use (share)",
+            (_t(_quota_share("requests.memory"), "{{namespace}}"),),
+            unit="percentunit",
+        ),
+    ),
+)
+
+DASHBOARDS: tuple[Dashboard, ...] = (GPU, INFERENCE, TRAINING, QUOTAS)
