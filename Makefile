@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 RT_PY := $(RT_VENV)/bin/python
 PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: diff test test-infra test-runtime lint typecheck preview preview-all bench docs policy-config clean venv venv-runtime venv-kserve
+.PHONY: security diff test test-infra test-runtime lint typecheck preview preview-all bench docs policy-config clean venv venv-runtime venv-kserve
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 $(RT_VENV)/.installed: workloads/runtime/requirements.txt workloads/runtime/requirements-test.txt
 	$(PYTHON) -m venv $(RT_VENV)
 	$(RT_PY) -m pip install $(PIP_FLAGS) -r workloads/runtime/requirements-test.txt
+	touch $@
+
+# checkov, in its own venv: its many pins would fight the Pulumi program's.
+.venv-checkov/.installed: requirements-checkov.txt
+	$(PYTHON) -m venv .venv-checkov
+	.venv-checkov/bin/python -m pip install $(PIP_FLAGS) -r requirements-checkov.txt
 	touch $@
 
 # KServe's ModelServer, only for `make bench` (the comparison server).
@@ -56,7 +62,11 @@ test-infra: $(VENV)/.installed .tools/.installed
 test-runtime: $(RT_VENV)/.installed
 	$(RT_PY) -m pytest -q tests/runtime
 
-test: lint typecheck test-infra test-runtime
+# Every stack previewed (strict schemas, policies) and scanned by checkov.
+security: $(VENV)/.installed .tools/.installed .venv-checkov/.installed
+	$(PY) -m tools.gates
+
+test: lint typecheck test-infra test-runtime security
 
 preview: $(VENV)/.installed .tools/.installed
 	$(PY) -m tools.preview --stack $(STACK)

@@ -76,6 +76,23 @@ def plugin_config(settings: DevicePluginSettings) -> dict[str, Any]:
     return config
 
 
+def security_exceptions(mig: bool) -> dict[str, str]:
+    """Why the plugin fails some generic container checks (checkov annotations)."""
+    root = "runs as root to create its socket in the kubelet's root-owned device-plugins directory"
+    no_http = "the plugin serves no HTTP endpoint; the kubelet tracks it over its gRPC socket"
+    reasons = {
+        "CKV_K8S_8": no_http,
+        "CKV_K8S_9": no_http,
+        "CKV_K8S_11": "no CPU limit: a throttled plugin delays GPU allocation on the node",
+        "CKV_K8S_23": root,
+        "CKV_K8S_40": root,
+    }
+    if mig:
+        sys_admin = "SYS_ADMIN only with MIG on: NVML needs it to enumerate MIG devices"
+        reasons |= {"CKV_K8S_25": sys_admin, "CKV_K8S_39": sys_admin}
+    return meta.checkov_skips(reasons)
+
+
 @dataclass(frozen=True)
 class NvidiaDevicePluginArgs:
     settings: DevicePluginSettings
@@ -139,7 +156,7 @@ class NvidiaDevicePlugin(pulumi.ComponentResource):
         )
         self.daemonset = k8s.apps.v1.DaemonSet(
             f"{name}-daemonset",
-            metadata=meta.metadata(NAME, labels, NAMESPACE),
+            metadata=meta.metadata(NAME, labels, NAMESPACE, security_exceptions(mig)),
             spec={
                 "selector": {"matchLabels": meta.selector(labels)},
                 "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},

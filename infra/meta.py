@@ -5,6 +5,7 @@ https://kubernetes.io/docs/concepts/overview/working-with-objects/common-labels/
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from infra import catalog
@@ -31,6 +32,17 @@ def selector(object_labels: dict[str, str]) -> dict[str, str]:
     """The stable subset of `labels()` that selectors use (never the version or extras)."""
     keys = ("app.kubernetes.io/name", "app.kubernetes.io/instance")
     return {k: object_labels[k] for k in keys}
+
+
+def checkov_skips(reasons: Mapping[str, str]) -> dict[str, str]:
+    """Annotations that waive checkov checks on this one object, each with its
+    reason (`checkov.io/skipN: CKV_K8S_11=<reason>`), never a global skip list."""
+    annotations = {}
+    for i, (check, reason) in enumerate(sorted(reasons.items()), 1):
+        if "=" in reason or not reason.strip():
+            raise ValueError(f"{check}: a skip needs a reason without '=' (checkov splits on it)")
+        annotations[f"checkov.io/skip{i}"] = f"{check}={reason}"
+    return annotations
 
 
 def metadata(

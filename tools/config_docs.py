@@ -1,4 +1,6 @@
-"""Generate the README's configuration reference from the settings model.
+"""Generate the README's configuration reference (from the settings model), its
+policy rules table (from policies/rules.py) and docs/stack-outputs.schema.json
+(from infra/outputs.py).
 
 python -m tools.config_docs --write     (make docs)
 python -m tools.config_docs --check     (exit 1 if the README is stale)
@@ -16,6 +18,7 @@ from typing import Any, Literal, Union
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from infra import outputs
 from infra.settings import NAMESPACE, PlatformSettings
 from policies import rules
 from tools.offline import ROOT
@@ -144,14 +147,23 @@ def main(argv: list[str] | None = None) -> int:
     text = readme.read_text()
     updated = _replace(text, START, END, render())
     updated = _replace(updated, RULES_START, RULES_END, render_rules())
+    schema_path = ROOT / "docs" / "stack-outputs.schema.json"
+    schema = json.dumps(outputs.json_schema(), indent=2, sort_keys=True) + "\n"
+    files = ((readme, updated), (schema_path, schema))
     if args.check:
-        if updated != text:
+        stale = [
+            str(p.relative_to(ROOT)) for p, new in files if not p.is_file() or p.read_text() != new
+        ]
+        if stale:
             print(
-                "error: README.md's generated sections are stale: run `make docs`", file=sys.stderr
+                f"error: stale generated files ({', '.join(stale)}): run `make docs`",
+                file=sys.stderr,
             )
             return 1
         return 0
-    readme.write_text(updated)
+    for path, content in files:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(content)
     return 0
 
 

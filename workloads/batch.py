@@ -179,7 +179,7 @@ class BatchInference(pulumi.ComponentResource):
         }
         self.job = k8s.batch.v1.Job(
             f"{name}-job",
-            metadata=meta.metadata(spec.name, labels, ctx.namespace),
+            metadata=common.object_metadata(spec, ctx, labels),
             spec=job_spec,
             opts=ctx.opts(self, sa, delete_before_replace=True),
         )

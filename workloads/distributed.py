@@ -205,7 +205,7 @@ class DistributedTraining(pulumi.ComponentResource):
             )
             self.job: Any = k8s.batch.v1.Job(
                 f"{name}-job",
-                metadata=meta.metadata(spec.name, labels, ctx.namespace),
+                metadata=common.object_metadata(spec, ctx, labels),
                 spec={
                     "completionMode": "Indexed",
                     "completions": spec.nodes,

@@ -341,9 +341,18 @@ class Monitoring(pulumi.ComponentResource):
                 scratch_size="256Mi",
             )
         )
+        root = "runs as root to read the kubelet's root-owned pod-resources socket (GPU to pod)"
+        reasons = {
+            "CKV_K8S_11": "no CPU limit: a throttled exporter misses scrapes on busy GPU nodes",
+            "CKV_K8S_23": root,
+            "CKV_K8S_40": root,
+        }
+        if s.profiling_metrics:
+            sys_admin = "SYS_ADMIN for the DCGM profiling fields (off with profilingMetrics: false)"
+            reasons |= {"CKV_K8S_25": sys_admin, "CKV_K8S_39": sys_admin}
         k8s.apps.v1.DaemonSet(
             f"{name}-dcgm-daemonset",
-            metadata=meta.metadata(DCGM_NAME, labels, DCGM_NAMESPACE),
+            metadata=meta.metadata(DCGM_NAME, labels, DCGM_NAMESPACE, meta.checkov_skips(reasons)),
             spec={
                 "selector": {"matchLabels": meta.selector(labels)},
                 "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},

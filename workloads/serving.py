@@ -390,7 +390,7 @@ class InferenceService(pulumi.ComponentResource):
             deployment_spec["replicas"] = replicas  # the canary; the HPA owns the stable count
         return k8s.apps.v1.Deployment(
             resource_name,
-            metadata=meta.metadata(name, track_labels, ctx.namespace),
+            metadata=common.object_metadata(spec, ctx, track_labels, name),
             spec=deployment_spec,
             opts=opts,
         )

@@ -298,7 +298,7 @@ class TrainingJob(pulumi.ComponentResource):
             "podReplacementPolicy": "Failed",
             "template": template,
         }
-        metadata = meta.metadata(spec.name, labels, ctx.namespace)
+        metadata = common.object_metadata(spec, ctx, labels)
         # Job templates are immutable: a change replaces the Job, and the fixed
         # name means the old one must go first.
         replace = ctx.opts(self, sa, delete_before_replace=True)
