@@ -255,41 +255,18 @@ class Cluster(pulumi.ComponentResource):
             ),
         )
         addon_opts = pulumi.ResourceOptions(parent=self, depends_on=[system_nodes])
-        ebs_role = iam.role_with_policies(
-            f"{name}-ebs-csi-role",
-            assume_role_policy=iam.irsa_trust_policy(
-                oidc.arn, self.oidc_issuer_url, "kube-system", EBS_CSI_SERVICE_ACCOUNT
-            ),
-            policies=["service-role/AmazonEBSCSIDriverPolicy"],
-            partition=self.partition,
-            description=f"EBS CSI controller of {self.cluster_name}",
-            parent=self,
-        )
         # Add-on versions: EKS picks the default version for the cluster's
         # Kubernetes version, which moves with it on upgrades.
-        ebs = aws.eks.Addon(
+        ebs = self._addon(
             f"{name}-ebs-csi",
-            cluster_name=self.eks.name,
-            addon_name="aws-ebs-csi-driver",
-            service_account_role_arn=ebs_role.arn,
-            resolve_conflicts_on_update="OVERWRITE",
-            opts=addon_opts,
+            "aws-ebs-csi-driver",
+            addon_opts,
+            irsa=(EBS_CSI_SERVICE_ACCOUNT, "service-role/AmazonEBSCSIDriverPolicy", oidc.arn),
         )
         # HorizontalPodAutoscalers need the resource metrics API.
-        aws.eks.Addon(
-            f"{name}-metrics-server",
-            cluster_name=self.eks.name,
-            addon_name="metrics-server",
-            resolve_conflicts_on_update="OVERWRITE",
-            opts=addon_opts,
-        )
-        aws.eks.Addon(
-            f"{name}-node-monitoring",
-            cluster_name=self.eks.name,
-            addon_name="eks-node-monitoring-agent",
-            resolve_conflicts_on_update="OVERWRITE",
-            opts=addon_opts,
-        )
+        self._addon(f"{name}-metrics-server", "metrics-server", addon_opts)
+        # Feeds the GPU node groups' automatic repair (XID errors, failed GPUs).
+        self._addon(f"{name}-node-monitoring", "eks-node-monitoring-agent", addon_opts)
         self.provider = k8s.Provider(
             f"{name}-k8s",
             kubeconfig=self.kubeconfig,
@@ -324,7 +301,7 @@ class Cluster(pulumi.ComponentResource):
         """EFS for ReadWriteMany checkpoints: encrypted, a mount target per zone,
         NFS open to the VPC only, the EFS CSI driver with an IRSA role, and a
         StorageClass whose access points belong to the runtime's user."""
-        assert s.shared_storage_class is not None and self.oidc_issuer_url is not None
+        assert s.shared_storage_class is not None
         child = pulumi.ResourceOptions(parent=self)
         nfs = aws.ec2.SecurityGroup(
             f"{name}-efs",
@@ -352,23 +329,11 @@ class Cluster(pulumi.ComponentResource):
                 security_groups=[nfs.id],
                 opts=child,
             )
-        role = iam.role_with_policies(
-            f"{name}-efs-csi-role",
-            assume_role_policy=iam.irsa_trust_policy(
-                oidc_arn, self.oidc_issuer_url, "kube-system", EFS_CSI_SERVICE_ACCOUNT
-            ),
-            policies=["service-role/AmazonEFSCSIDriverPolicy"],
-            partition=self.partition,
-            description=f"EFS CSI controller of {self.cluster_name}",
-            parent=self,
-        )
-        driver = aws.eks.Addon(
+        driver = self._addon(
             f"{name}-efs-csi",
-            cluster_name=self.eks.name,
-            addon_name="aws-efs-csi-driver",
-            service_account_role_arn=role.arn,
-            resolve_conflicts_on_update="OVERWRITE",
-            opts=addon_opts,
+            "aws-efs-csi-driver",
+            addon_opts,
+            irsa=(EFS_CSI_SERVICE_ACCOUNT, "service-role/AmazonEFSCSIDriverPolicy", oidc_arn),
         )
         k8s.storage.v1.StorageClass(
             f"{name}-shared",
@@ -389,6 +354,38 @@ class Cluster(pulumi.ComponentResource):
             reclaim_policy="Delete",
             volume_binding_mode="Immediate",
             opts=pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=[driver]),
+        )
+
+    def _addon(
+        self,
+        name: str,
+        addon: str,
+        opts: pulumi.ResourceOptions,
+        irsa: tuple[str, str, pulumi.Input[str]] | None = None,
+    ) -> aws.eks.Addon:
+        """An EKS add-on; with `irsa` = (service account in kube-system, AWS managed
+        policy, OIDC provider ARN) it gets its own IAM role (`<name>-role`)."""
+        role_arn = None
+        if irsa is not None:
+            service_account, policy, oidc_arn = irsa
+            assert self.oidc_issuer_url is not None
+            role_arn = iam.role_with_policies(
+                f"{name}-role",
+                assume_role_policy=iam.irsa_trust_policy(
+                    oidc_arn, self.oidc_issuer_url, "kube-system", service_account
+                ),
+                policies=[policy],
+                partition=self.partition,
+                description=f"{addon} of {self.cluster_name}",
+                parent=self,
+            ).arn
+        return aws.eks.Addon(
+            name,
+            cluster_name=self.eks.name,
+            addon_name=addon,
+            service_account_role_arn=role_arn,
+            resolve_conflicts_on_update="OVERWRITE",
+            opts=opts,
         )
 
     # -- existing EKS -----------------------------------------------------------

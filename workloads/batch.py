@@ -18,7 +18,6 @@ import pulumi
 import pulumi_kubernetes as k8s
 from pydantic import Field, model_validator
 
-from infra import meta
 from infra.config_types import FieldProblems, Loc, Quantity
 from workloads import common, pod
 from workloads.runtime import contract
@@ -183,13 +182,7 @@ class BatchInference(pulumi.ComponentResource):
             spec=job_spec,
             opts=ctx.opts(self, sa, delete_before_replace=True),
         )
-        common.create_network_policies(
-            name,
-            common.network_policies("batch", spec, ctx, meta.selector(labels)),
-            ctx,
-            labels,
-            self,
-        )
+        common.open_network("batch", name, spec, ctx, labels, self)
         self.job_name = spec.name
         self.namespace = ctx.namespace
         self.shards = spec.shards

@@ -429,20 +429,24 @@ def network_policies(
     return policies
 
 
-def create_network_policies(
+def open_network(
+    kind: Literal["training", "distributed", "inference", "batch"],
     name: str,
-    policies: Mapping[str, dict[str, Any]],
+    spec: WorkloadSpec,
     ctx: WorkloadContext,
     labels: Mapping[str, str],
     parent: pulumi.Resource,
+    *,
+    http_port: int | None = None,
 ) -> list[k8s.networking.v1.NetworkPolicy]:
-    opts = ctx.opts(parent)
+    """Create the NetworkPolicies `network_policies()` derives for the workload."""
+    policies = network_policies(kind, spec, ctx, meta.selector(dict(labels)), http_port=http_port)
     return [
         k8s.networking.v1.NetworkPolicy(
             f"{name}-netpol-{policy_name}",
             metadata=meta.metadata(policy_name, dict(labels), ctx.namespace),
             spec=policy,
-            opts=opts,
+            opts=ctx.opts(parent),
         )
         for policy_name, policy in policies.items()
     ]

@@ -270,13 +270,7 @@ class DistributedTraining(pulumi.ComponentResource):
                 },
                 opts=replace,
             )
-        common.create_network_policies(
-            name,
-            common.network_policies("distributed", spec, ctx, meta.selector(labels)),
-            ctx,
-            labels,
-            self,
-        )
+        common.open_network("distributed", name, spec, ctx, labels, self)
         self.job_name = spec.name
         self.namespace = ctx.namespace
         self.checkpoint_claim = claim

@@ -288,14 +288,8 @@ class InferenceService(pulumi.ComponentResource):
             },
             opts=ctx.opts(self),
         )
-        common.create_network_policies(
-            name,
-            common.network_policies(
-                "inference", spec, ctx, selector, http_port=contract.SERVE_PORT
-            ),
-            ctx,
-            labels,
-            self,
+        common.open_network(
+            "inference", name, spec, ctx, labels, self, http_port=contract.SERVE_PORT
         )
         self.service_name = spec.name
         self.namespace = ctx.namespace

@@ -25,7 +25,6 @@ import pulumi
 import pulumi_kubernetes as k8s
 from pydantic import Field, field_validator, model_validator
 
-from infra import meta
 from infra.config_types import DnsLabel, FieldProblems, PriorityClassName, Quantity, _Model
 from workloads import common, cron, pod
 from workloads.runtime import contract
@@ -321,13 +320,7 @@ class TrainingJob(pulumi.ComponentResource):
             self.job = k8s.batch.v1.Job(
                 f"{name}-job", metadata=metadata, spec=job_spec, opts=replace
             )
-        common.create_network_policies(
-            name,
-            common.network_policies("training", spec, ctx, meta.selector(labels)),
-            ctx,
-            labels,
-            self,
-        )
+        common.open_network("training", name, spec, ctx, labels, self)
         self.job_name = spec.name
         self.namespace = ctx.namespace
         self.checkpoint_claim = claim
