@@ -132,7 +132,8 @@ class RuntimeImage(pulumi.ComponentResource):
                     {
                         "address": repo.repository_url,
                         "username": token.user_name,
-                        "password": token.password,
+                        # Secret whatever the provider marks: never in clear in the state.
+                        "password": pulumi.Output.secret(token.password),
                     }
                 ],
                 cache_from=[
