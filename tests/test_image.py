@@ -27,7 +27,10 @@ def test_build_pushes_to_an_immutable_scanned_ecr_repository() -> None:
     image = r.one("docker-build:index:Image", "mlplatform-runtime-image-image")
     assert image.inputs["push"] is True
     assert image.inputs["platforms"] == ["linux/amd64"]
-    assert image.inputs["context"]["location"] == str(RUNTIME_DIR)
+    # Relative to the project: the same inputs on every machine that runs `pulumi up`.
+    assert image.inputs["context"]["location"] == "workloads/runtime"
+    assert image.inputs["dockerfile"]["location"] == "workloads/runtime/Dockerfile"
+    assert (RUNTIME_DIR / "Dockerfile").is_file()
     url = "123456789012.dkr.ecr.us-west-2.amazonaws.com/ml/runtime"
     assert image.inputs["tags"] == [f"{url}:src-{source_hash()[:16]}"]
     assert image.inputs["registries"][0]["address"] == url

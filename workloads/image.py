@@ -23,6 +23,10 @@ from infra.config_types import FieldProblems, _Model
 from workloads.common import ImageRef
 
 RUNTIME_DIR = Path(__file__).resolve().parent / "runtime"
+# The build context as the program sees it: Pulumi runs programs from the project
+# directory, and a relative path keeps the inputs the same on every checkout (an
+# absolute one would show a change on each machine that runs `pulumi up`).
+BUILD_CONTEXT = "workloads/runtime"
 _IGNORED = {"__pycache__", ".pytest_cache"}
 
 
@@ -123,8 +127,8 @@ class RuntimeImage(pulumi.ComponentResource):
             tag = f"src-{source_hash()[:16]}"
             image = docker_build.Image(
                 f"{name}-image",
-                context={"location": str(RUNTIME_DIR)},
-                dockerfile={"location": str(RUNTIME_DIR / "Dockerfile")},
+                context={"location": BUILD_CONTEXT},
+                dockerfile={"location": f"{BUILD_CONTEXT}/Dockerfile"},
                 platforms=[s.build.platform],
                 push=True,
                 tags=[pulumi.Output.concat(repo.repository_url, ":", tag)],
