@@ -160,6 +160,13 @@ class DistributedTraining(pulumi.ComponentResource):
             if spec.same_zone and spec.nodes > 1
             else None
         )
+        # What both backends' pods share.
+        pods: dict[str, Any] = {
+            "volumes": volumes,
+            "shm_size": spec.shm_size,
+            "restart_policy": "Never",
+            "pod_affinity": pod_affinity,
+        }
         self.backend = spec.backend
         self.rendezvous_endpoint: str | None = None
         replace = ctx.opts(self, sa, delete_before_replace=True)
@@ -173,17 +180,7 @@ class DistributedTraining(pulumi.ComponentResource):
                 f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"
             )
             container = self._container(spec, ctx, command, cargs, env, mounts, rendezvous=True)
-            template = common.pod_spec(
-                spec,
-                ctx,
-                labels,
-                [container],
-                volumes=volumes,
-                shm_size=spec.shm_size,
-                restart_policy="Never",
-                subdomain=spec.name,
-                pod_affinity=pod_affinity,
-            )
+            template = common.pod_spec(spec, ctx, labels, [container], subdomain=spec.name, **pods)
             self.service = k8s.core.v1.Service(
                 f"{name}-rendezvous",
                 metadata=meta.metadata(spec.name, labels, ctx.namespace),
@@ -233,16 +230,7 @@ class DistributedTraining(pulumi.ComponentResource):
             container = self._container(
                 spec, ctx, command, cargs, env, mounts, rendezvous=False, name="pytorch"
             )
-            template = common.pod_spec(
-                spec,
-                ctx,
-                labels,
-                [container],
-                volumes=volumes,
-                shm_size=spec.shm_size,
-                restart_policy="Never",
-                pod_affinity=pod_affinity,
-            )
+            template = common.pod_spec(spec, ctx, labels, [container], **pods)
             # ExitCode: retry on signals (128+, e.g. preemption), not on errors.
             replicas: dict[str, Any] = {
                 "Master": {"replicas": 1, "restartPolicy": "ExitCode", "template": template}
