@@ -540,3 +540,33 @@ def test_random_valid_workloads_never_crash_or_break_a_rule(
     assert [f for f in preview.findings if f["policy"] not in capacity_rules] == []
     for f in preview.findings:
         assert f["policy"] in rules.RULE_NAMES
+
+
+def test_pack_imports_only_what_its_virtualenv_has() -> None:
+    """policies/requirements.txt has pulumi and pulumi-policy only: the rules must
+    not reach pydantic, the provider SDKs or the settings model."""
+    import subprocess
+    import sys
+
+    absent = ("pydantic", "pulumi_kubernetes", "pulumi_aws", "yaml", "torch")
+    blocker = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.split('.')[0] in {absent!r}:\n"
+        "            raise ImportError('not in the policy pack venv: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from policies.pack import build_policies\n"
+        "print(len(build_policies()))\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, "-c", blocker],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(len(rules.RULES))
