@@ -74,7 +74,7 @@ preview: $(VENV)/.installed .tools/.installed
 # Markdown report of what changes between BASE (a git ref) and the working tree.
 BASE ?= origin/main
 diff: $(VENV)/.installed
-	$(PY) -m tools.diff --base $(BASE) --stack $(STACK)
+	$(PY) -m tools.diff --base $(BASE) --stack $(STACK) $(DIFF_FLAGS)
 
 preview-all: $(VENV)/.installed .tools/.installed
 	@rc=0; for s in dev staging prod; do $(PY) -m tools.preview --stack $$s || rc=$$?; done; exit $$rc

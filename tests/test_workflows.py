@@ -133,20 +133,61 @@ def test_least_privilege(path: Path) -> None:
             assert step["with"]["persist-credentials"] is False
 
 
-def test_ci_runs_the_projects_checks() -> None:
-    steps = _steps(_load("ci.yml"))
-    assert {"run": "bash .ci/run"} in steps
+def test_pinned_versions_agree_across_workflows() -> None:
+    pins: dict[str, set[str]] = {}
+    for path in WORKFLOWS:
+        for line in path.read_text().splitlines():
+            m = USES.match(line)
+            if m and not m["ref"].startswith("./"):
+                pins.setdefault(m["ref"].partition("@")[0], set()).add(
+                    f"{m['ref']} # {m['version']}"
+                )
+    assert {action: len(refs) for action, refs in pins.items() if len(refs) > 1} == {}
+
+
+def test_write_permissions_are_only_where_needed() -> None:
+    granted = {
+        f"{path.name}:{name}": sorted(
+            k for k, v in job.get("permissions", {}).items() if v == "write"
+        )
+        for path in WORKFLOWS
+        for name, job in _load(path.name)["jobs"].items()
+    }
+    assert {job: perms for job, perms in granted.items() if perms} == {
+        "deploy.yml:dev": ["id-token"],
+        "deploy.yml:staging": ["id-token"],
+        "deploy.yml:prod": ["id-token"],
+        "preview.yml:offline-diff": ["pull-requests"],
+        "preview.yml:live-preview": ["id-token", "pull-requests"],
+        "pulumi-up.yml:up": ["id-token"],
+    }
+
+
+def test_ci_runs_the_projects_checks_on_pull_requests_and_before_deploys() -> None:
+    ci = _load("ci.yml")
+    assert set(ci["on"]) == {"pull_request", "workflow_call"}
+    assert {"run": "bash .ci/run"} in _steps(ci)
+    deploy = _load("deploy.yml")["jobs"]
+    assert deploy["test"]["uses"] == "./.github/workflows/ci.yml"
+    assert set(deploy["dev"]["needs"]) == {"test", "credentials"}
 
 
 def test_pull_request_offline_diff_is_one_sticky_comment() -> None:
     doc = _load("preview.yml")
     job = doc["jobs"]["offline-diff"]
-    script = next(s["run"] for s in job["steps"] if s.get("name") == "Offline diff of every stack")
-    assert "tools.diff" in script and "for stack in dev staging prod" in script
-    assert "${{" not in script  # inputs reach the script through env, never inlined
+    step = next(s for s in job["steps"] if s.get("name") == "Offline diff of every stack")
+    assert '-m tools.diff --base "origin/${BASE_REF}" --stack dev staging prod' in step["run"]
+    assert "--out diff.md --full-out diff-full.md" in step["run"]
+    assert step["env"] == {"BASE_REF": "${{ github.base_ref }}"}
+    assert "${{" not in step["run"]  # inputs reach the script through env, never inlined
+    checkout = job["steps"][0]
+    assert checkout["with"]["fetch-depth"] == 0  # origin/<base branch> must be there
     sticky = next(s for s in job["steps"] if "sticky-pull-request-comment" in s.get("uses", ""))
     assert sticky["with"] == {"header": "offline-diff", "path": "diff.md"}
-    assert job["permissions"]["pull-requests"] == "write"
+    assert sticky["if"].startswith("always()")  # also when a stack does not render
+    artifact = next(s for s in job["steps"] if "upload-artifact" in s.get("uses", ""))
+    assert artifact["with"]["path"] == "diff*.md"  # the full report the notice points to
+    # tests/test_diff.py runs this step's script against a real git history.
 
 
 def test_live_preview_only_with_credentials() -> None:
@@ -165,6 +206,41 @@ def test_live_preview_only_with_credentials() -> None:
     assert set(check["env"]) == {"PULUMI_ACCESS_TOKEN", "AWS_ROLE_ARN"}
 
 
+@pytest.mark.parametrize("name", ["preview.yml", "deploy.yml"])
+@pytest.mark.parametrize(
+    ("token", "role", "configured"),
+    [("pul-x", "arn:aws:iam::1:role/r", "true"), ("pul-x", "", "false"), ("", "", "false")],
+)
+def test_the_credentials_check_turns_secrets_into_an_output(
+    tmp_path: Path, name: str, token: str, role: str, configured: str
+) -> None:
+    """Jobs cannot test secrets in `if:`; this step's output is what they test."""
+    doc = _load(name)
+    job = doc["jobs"]["credentials"]
+    assert job["outputs"] == {"configured": "${{ steps.check.outputs.configured }}"}
+    step = job["steps"][0]
+    assert step["env"] == {
+        "PULUMI_ACCESS_TOKEN": "${{ secrets.PULUMI_ACCESS_TOKEN }}",
+        "AWS_ROLE_ARN": "${{ secrets.AWS_ROLE_ARN }}",
+    }
+    output = tmp_path / "output"
+    output.write_text("")
+    script = tmp_path / "check.sh"
+    script.write_text(step["run"])
+    env = {"PATH": "/usr/bin:/bin", "GITHUB_OUTPUT": str(output)}
+    env |= {"PULUMI_ACCESS_TOKEN": token, "AWS_ROLE_ARN": role}
+    subprocess.run(["bash", "-eo", "pipefail", str(script)], env=env, check=True, timeout=30)
+    assert output.read_text() == f"configured={configured}\n"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_no_condition_reads_a_secret(path: Path) -> None:
+    doc = _load(path.name)
+    conditions = [job.get("if", "") for job in doc["jobs"].values()]
+    conditions += [step.get("if", "") for step in _steps(doc)]
+    assert not [c for c in conditions if "secrets." in str(c)]
+
+
 def test_deploys_go_through_protected_environments_in_order() -> None:
     deploy = _load("deploy.yml")
     assert deploy["on"]["push"]["branches"] == ["main"]
@@ -175,12 +251,15 @@ def test_deploys_go_through_protected_environments_in_order() -> None:
         "prod",
     ]
     assert (jobs["staging"]["needs"], jobs["prod"]["needs"]) == ("dev", "staging")
-    assert "needs.credentials.outputs.configured == 'true'" in jobs["dev"]["if"]
+    assert jobs["dev"]["if"] == "needs.credentials.outputs.configured == 'true'"
     for name in ("dev", "staging", "prod"):
         assert jobs[name]["uses"] == "./.github/workflows/pulumi-up.yml"
         assert set(jobs[name]["secrets"]) == {"PULUMI_ACCESS_TOKEN", "AWS_ROLE_ARN"}
     up = _load("pulumi-up.yml")["jobs"]["up"]
-    assert up["environment"] == "${{ inputs.stack }}"  # prod's reviewers gate prod
+    # The job runs in the environment named after its stack: prod's deploy in `prod`,
+    # whose required reviewers gate it.
+    assert up["environment"] == "${{ inputs.stack }}"
+    assert jobs["prod"]["with"] == {"stack": "prod"}
     assert up["concurrency"] == {
         "group": "pulumi-up-${{ inputs.stack }}",
         "cancel-in-progress": False,
