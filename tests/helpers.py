@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from tools.offline import Run, run_program
 from tools.preview import Preview, build_preview
+from tools.preview import main as preview_main
 
 
 def base_config(**overrides: Any) -> dict[str, Any]:
@@ -35,6 +39,19 @@ def run(config: dict[str, Any] | None = None, stack: str = "test") -> Run:
 
 def preview(config: dict[str, Any] | None = None, stack: str = "test") -> Preview:
     return build_preview(stack, config if config is not None else base_config())
+
+
+def preview_cli(
+    tmp_path: Path, config: dict[str, Any], program: Path | None = None, stack: str = "fx"
+) -> tuple[int, Path]:
+    """Run the preview CLI on `config` written as a stack file under `tmp_path`.
+    Returns the exit code and the stack's output directory."""
+    path = tmp_path / f"Pulumi.{stack}.yaml"
+    path.write_text(yaml.safe_dump({"config": config}))
+    argv = ["--stack", stack, "--stack-file", str(path), "--out", str(tmp_path / "build")]
+    if program is not None:
+        argv += ["--program", str(program)]
+    return preview_main(argv), tmp_path / "build" / stack
 
 
 def pod_spec(manifest: dict[str, Any]) -> dict[str, Any]:

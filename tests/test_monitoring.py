@@ -10,10 +10,8 @@ from typing import Any
 
 import promql_parser
 import pytest
-import yaml
 
-from tests.helpers import base_config, pod_spec, run
-from tools import preview as preview_cli
+from tests.helpers import base_config, pod_spec, preview_cli, run
 from tools.offline import Run
 from workloads import dashboards, metric_catalog, monitoring
 from workloads.serving import CustomMetric
@@ -381,22 +379,9 @@ def test_existing_prometheus_operator() -> None:
 def test_custom_resources_are_validated_against_the_operator_models(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = tmp_path / "Pulumi.fx.yaml"
-    path.write_text(yaml.safe_dump({"config": base_config()}))
-    code = preview_cli.main(
-        [
-            "--stack",
-            "fx",
-            "--stack-file",
-            str(path),
-            "--out",
-            str(tmp_path / "b"),
-            "--program",
-            str(FIXTURES / "bad_monitor_program.py"),
-        ]
-    )
+    code, out = preview_cli(tmp_path, base_config(), FIXTURES / "bad_monitor_program.py")
     err = capsys.readouterr().err
     assert code == 3
     assert "monitoring/podmonitor-broken.yaml: spec.podMetricsEndpoints: must be array" in err
-    plan = (tmp_path / "b/fx/plan.md").read_text()
+    plan = (out / "plan.md").read_text()
     assert "validated against prometheus-operator v0.91.0 models" in plan

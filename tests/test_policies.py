@@ -10,15 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pulumi_policy import EnforcementLevel, Severity, StackValidationPolicy
 
 from policies import pack, rules
 from policies.rules import PolicyConfig, Resource
-from tests.helpers import base_config
-from tools import preview as preview_cli
+from tests.helpers import base_config, preview_cli
+from tools.preview import build_preview
 from workloads import pod
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -428,14 +427,8 @@ def test_policy_config_files_are_current() -> None:
 def _preview(
     tmp_path: Path, config: dict[str, Any], program: Path | None = None
 ) -> tuple[int, list[dict[str, Any]], str]:
-    path = tmp_path / "Pulumi.fx.yaml"
-    path.write_text(yaml.safe_dump({"config": config}))
-    argv = ["--stack", "fx", "--stack-file", str(path), "--out", str(tmp_path / "b")]
-    if program:
-        argv += ["--program", str(program)]
-    code = preview_cli.main(argv)
-    findings = json.loads((tmp_path / "b/fx/policy.json").read_text())
-    return code, findings, (tmp_path / "b/fx/plan.md").read_text()
+    code, out = preview_cli(tmp_path, config, program)
+    return code, json.loads((out / "policy.json").read_text()), (out / "plan.md").read_text()
 
 
 def test_violating_stack_fails_with_exactly_the_expected_rules(
@@ -535,7 +528,7 @@ def test_random_valid_workloads_never_crash_or_break_a_rule(
         teams=[{"name": "vision", "quota": {"gpus": 4, "overcommit": True}}],
         policy={"gpuQuotaOvercommit": 10},
     )
-    preview = preview_cli.build_preview("prop", config)
+    preview = build_preview("prop", config)
     capacity_rules = {"gpu-always-on-demand"}  # random replica counts may exceed 4 GPUs
     assert [f for f in preview.findings if f["policy"] not in capacity_rules] == []
     for f in preview.findings:

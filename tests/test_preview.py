@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import base_config
-from tools import preview as preview_cli
+from tests.helpers import base_config, preview_cli
+from tools import preview
 from tools.offline import ROOT
 
 STACKS = sorted(p.name.split(".")[1] for p in ROOT.glob("Pulumi.*.yaml"))
@@ -25,7 +25,7 @@ def test_the_three_environments_exist() -> None:
 def test_stack_previews_cleanly(
     stack: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = preview_cli.main(["--stack", stack, "--out", str(tmp_path)])
+    code = preview.main(["--stack", stack, "--out", str(tmp_path)])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     out = tmp_path / stack
@@ -52,7 +52,7 @@ def test_stack_previews_cleanly(
 
 
 def test_resources_json_records_parents_and_options(tmp_path: Path) -> None:
-    assert preview_cli.main(["--stack", "dev", "--out", str(tmp_path)]) == 0
+    assert preview.main(["--stack", "dev", "--out", str(tmp_path)]) == 0
     resources = json.loads((tmp_path / "dev" / "resources.json").read_text())
     by_name = {r["name"]: r for r in resources}
     assert by_name["mlplatform"]["type"] == "mlplatform:platform:Platform"
@@ -66,7 +66,7 @@ def test_resources_json_records_parents_and_options(tmp_path: Path) -> None:
 
 
 def test_manifests_keep_integers(tmp_path: Path) -> None:
-    assert preview_cli.main(["--stack", "dev", "--out", str(tmp_path)]) == 0
+    assert preview.main(["--stack", "dev", "--out", str(tmp_path)]) == 0
     pc = yaml.safe_load(
         (tmp_path / "dev/manifests/_cluster/priorityclass-serving-critical.yaml").read_text()
     )
@@ -81,47 +81,21 @@ def test_manifests_keep_integers(tmp_path: Path) -> None:
 def test_schema_failure_exits_3_naming_file_and_field(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    stack = tmp_path / "Pulumi.fx.yaml"
-    stack.write_text(yaml.safe_dump({"config": base_config()}))
-    code = preview_cli.main(
-        [
-            "--stack",
-            "fx",
-            "--stack-file",
-            str(stack),
-            "--out",
-            str(tmp_path / "b"),
-            "--program",
-            str(FIXTURES / "bad_manifest_program.py"),
-        ]
-    )
+    code, out = preview_cli(tmp_path, base_config(), FIXTURES / "bad_manifest_program.py")
     err = capsys.readouterr().err
     assert code == 3
     assert "apps/deployment-web.yaml: spec.template.spec.containers[0]: unknown field" in err
     assert "'resource' was unexpected" in err
-    assert "FAILED `apps/deployment-web.yaml`" in (tmp_path / "b/fx/plan.md").read_text()
+    assert "FAILED `apps/deployment-web.yaml`" in (out / "plan.md").read_text()
 
 
 def test_custom_resources_are_listed_as_unvalidated(tmp_path: Path) -> None:
-    stack = tmp_path / "Pulumi.fx.yaml"
-    stack.write_text(yaml.safe_dump({"config": base_config()}))
-    code = preview_cli.main(
-        [
-            "--stack",
-            "fx",
-            "--stack-file",
-            str(stack),
-            "--out",
-            str(tmp_path / "b"),
-            "--program",
-            str(FIXTURES / "custom_resource_program.py"),
-        ]
-    )
+    code, out = preview_cli(tmp_path, base_config(), FIXTURES / "custom_resource_program.py")
     assert code == 0
-    plan = (tmp_path / "b/fx/plan.md").read_text()
+    plan = (out / "plan.md").read_text()
     assert "- `apps/widget-w.yaml`: no schema for example.com/v1 Widget" in plan
 
 
 def test_missing_stack_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert preview_cli.main(["--stack", "nope", "--stack-file", str(tmp_path / "none.yaml")]) == 2
+    assert preview.main(["--stack", "nope", "--stack-file", str(tmp_path / "none.yaml")]) == 2
     assert "no such stack file" in capsys.readouterr().err
