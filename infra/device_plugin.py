@@ -1,7 +1,7 @@
 """NvidiaDevicePlugin: the NVIDIA k8s-device-plugin DaemonSet and its config file.
 
-Version: v0.20.0 (2026-08-19), the newest release and the one NVIDIA's GPU
-Operator v26.7.0 ships; pinned by the digest that operator's bundle records
+Version: v0.20.1 (September 2026), the newest release and the one NVIDIA's GPU
+Operator v26.7.1 ships; pinned by the digest that operator's bundle records
 (infra/settings.py DEVICE_PLUGIN_IMAGE). Its config file format (`version: v1`,
 `flags`, `sharing.timeSlicing`) is unchanged since v0.12.
 

@@ -424,12 +424,14 @@ class TimeSlicingSettings(_Model):
     )
 
 
-# NVIDIA k8s-device-plugin v0.20.0 (released 2026-08-19, the newest release),
-# tag and digest as NVIDIA's GPU Operator v26.7.0 pins it in its OLM bundle
-# (NVIDIA/gpu-operator bundle/manifests/gpu-operator-certified.clusterserviceversion.yaml).
+# NVIDIA k8s-device-plugin v0.20.1 (September 2026, the newest release: v0.20.0
+# plus fixes), tag and digest as NVIDIA's GPU Operator v26.7.1 pins it in its
+# certified OLM bundle: redhat-openshift-ecosystem/certified-operators,
+# operators/gpu-operator-certified/26.7.1/manifests/, the ClusterServiceVersion's
+# relatedImages (device-plugin-image).
 DEVICE_PLUGIN_IMAGE = (
-    "nvcr.io/nvidia/k8s-device-plugin:v0.20.0"
-    "@sha256:a61ba9fd8efb82f3a79f877f7580e02c1e8e7593f62473644bc9c79e315c3312"
+    "nvcr.io/nvidia/k8s-device-plugin:v0.20.1"
+    "@sha256:27c1b2553a690ca3d29889dcd61df97525d46f58272c0be8dc63c2b18f120075"
 )
 
 
@@ -443,8 +445,8 @@ class DevicePluginSettings(_Model):
     )
     image: str = Field(
         DEVICE_PLUGIN_IMAGE,
-        description="Device plugin image, pinned by tag and digest (v0.20.0: the newest "
-        "release, the one NVIDIA's GPU Operator v26.7.0 ships).",
+        description="Device plugin image, pinned by tag and digest (v0.20.1: the newest "
+        "release, the one NVIDIA's GPU Operator v26.7.1 ships).",
     )
     mig_strategy: Literal["none", "single", "mixed"] = Field(
         "none",

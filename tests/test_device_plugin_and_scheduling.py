@@ -65,7 +65,7 @@ def test_daemonset_is_hardened_as_far_as_it_runs(default_run: Run) -> None:
     assert spec["automountServiceAccountToken"] is False
     host_paths = [v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v]
     assert host_paths == ["/var/lib/kubelet/device-plugins"]
-    assert container["image"].startswith("nvcr.io/nvidia/k8s-device-plugin:v0.20.0@sha256:")
+    assert container["image"].startswith("nvcr.io/nvidia/k8s-device-plugin:v0.20.1@sha256:")
     assert container["args"] == ["--config-file=/etc/nvidia-device-plugin/config.yaml"]
     assert container["resources"]["limits"] == {"memory": "256Mi"}
 

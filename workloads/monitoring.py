@@ -20,8 +20,9 @@ Pinned versions (and why):
   the offline preview uses (@kubernetes-models/prometheus-operator 6.0.0, from
   npm). Moving to a newer chart means moving that package with it.
 - prometheus-adapter 5.3.0 (adapter v0.12.0): the newest release.
-- dcgm-exporter 4.6.0-4.8.3-distroless by digest, as NVIDIA's GPU Operator
-  v26.7.0 bundle pins it.
+- dcgm-exporter 4.6.1-4.8.4-distroless (September 2026, the newest release)
+  by digest, as NVIDIA's GPU Operator v26.7.1 certified bundle pins it
+  (redhat-openshift-ecosystem/certified-operators, gpu-operator-certified/26.7.1).
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ ADAPTER_CHART = "prometheus-adapter"
 ADAPTER_CHART_VERSION = "5.3.0"
 CHART_REPO = "https://prometheus-community.github.io/helm-charts"
 DCGM_EXPORTER_IMAGE = (
-    "nvcr.io/nvidia/k8s/dcgm-exporter:4.6.0-4.8.3-distroless"
-    "@sha256:613ab03c11d442fd960ff515f547e9921537454a712d08160bc8f677f89f1c35"
+    "nvcr.io/nvidia/k8s/dcgm-exporter:4.6.1-4.8.4-distroless"
+    "@sha256:148b0c025e5f2850256816fa33754fbf4733b7a086697a95613fc0ba3db5b003"
 )
 DCGM_PORT = 9400
 DCGM_NAMESPACE = "kube-system"
