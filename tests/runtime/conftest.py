@@ -116,6 +116,11 @@ class Running:
             self.err = self.proc.stderr.read()
         return self.err
 
+    def report(self, lines: int = 8) -> str:
+        """For assertion messages: the last events on stdout, then stderr."""
+        tail = "".join(self.lines[-lines:])
+        return f"last stdout lines:\n{tail}\nstderr:\n{self.stderr()}"
+
     def signal(self, sig: int = signal.SIGTERM) -> None:
         self.proc.send_signal(sig)
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +13,7 @@ import pytest
 from workloads.runtime.contract import EXIT_USAGE, FETCH_MARKER_FILE
 from workloads.runtime.fetch import fetch
 
-from .conftest import run_module
+from .conftest import ROOT, run_module, runtime_env
 
 
 def make_source(root: Path) -> dict[str, bytes]:
@@ -118,3 +121,26 @@ def test_fetch_does_not_import_torch() -> None:
         check=True,
     )
     assert probe.stdout.strip() == "False"
+
+
+def test_a_native_crash_prints_every_threads_python_stack(tmp_path: Path) -> None:
+    """run_cli turns on faulthandler: a SIGABRT from C++ (gloo, NCCL) says where."""
+    program = (
+        "import os\n"
+        "from workloads.runtime.common import run_cli\n"
+        "def crash_in_here(argv):\n"
+        "    os.abort()\n"
+        "run_cli('crash', crash_in_here, [])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        cwd=ROOT,
+        env=runtime_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == -signal.SIGABRT
+    assert "Fatal Python error: Aborted" in done.stderr
+    assert "crash_in_here" in done.stderr

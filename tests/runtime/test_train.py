@@ -233,7 +233,7 @@ def test_two_rank_ddp_interrupted_and_resumed_equals_uninterrupted(
     full = start(torchrun(*common, "--checkpoint-dir", str(tmp_path / "a")), env)
     background.append(full)
     code, out = full.finish(timeout=120)
-    assert code == 0, full.stderr()
+    assert code == 0, full.report()
     assert events(out, "start")[0]["world_size"] == 2
     expected = events(out, "done")[0]["param_sha256"]
 
@@ -250,7 +250,7 @@ def test_two_rank_ddp_interrupted_and_resumed_equals_uninterrupted(
     resumed = start(torchrun(*common, "--checkpoint-dir", str(tmp_path / "b")), env)
     background.append(resumed)
     code, out = resumed.finish(timeout=120)
-    assert code == 0, resumed.stderr()
+    assert code == 0, resumed.report()
     assert events(out, "resumed")[0]["step"] == saved[0][0]
     assert events(out, "done")[0]["param_sha256"] == expected
 

@@ -7,6 +7,7 @@ torch: the init container should not pay seconds of torch import to copy files.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import math
@@ -15,7 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
@@ -55,10 +56,25 @@ def setup_logging() -> None:
     )
 
 
+def enable_crash_traces() -> None:
+    """faulthandler on the process's real stderr (fd 2), unless already on."""
+    if faulthandler.is_enabled() or sys.__stderr__ is None:
+        return
+    # OSError/ValueError: no usable file descriptor (an embedded interpreter).
+    with suppress(OSError, ValueError):
+        faulthandler.enable(file=sys.__stderr__, all_threads=True)
+
+
 def run_cli(
     prog: str, main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None
 ) -> int:
-    """Run a program's main(): UsageError -> EXIT_USAGE, RetryableError -> 1, one line each."""
+    """Run a program's main(): UsageError -> EXIT_USAGE, RetryableError -> 1, one line each.
+
+    A crash in native code (SIGSEGV, or SIGABRT from a C++ library: torch,
+    gloo, NCCL) prints the Python stack of every thread on stderr first, so
+    the pod's log says where it died instead of only "exit code 134".
+    """
+    enable_crash_traces()
     setup_logging()
     try:
         return main(argv)

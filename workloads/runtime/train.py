@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 import torch
 import torch.distributed as dist
@@ -426,5 +426,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     return trainer.run(stop)
 
 
+def exit_process(code: int, distributed: bool) -> NoReturn:
+    """Leave with `code`; a distributed worker skips interpreter finalization.
+
+    DistributedDataParallel keeps its process group alive after
+    destroy_process_group() (with gloo, its `pt_gloo_runloop` and
+    `gloo_tcp_loop` threads are still running when main() returns), so the
+    backend would be torn down during interpreter finalization, where a
+    C++ destructor can abort a finished job (SIGABRT, "terminate called
+    without an active exception") and the pod then reports a failure. By
+    now every checkpoint is fsynced, telemetry is closed and the process
+    group destroyed: flush what is buffered and _exit.
+    """
+    if not distributed:
+        sys.exit(code)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(run_cli("train", main, None))
+    exit_process(run_cli("train", main, None), os.environ.get("WORLD_SIZE", "1").strip() != "1")
