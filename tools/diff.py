@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tools.offline import ROOT
+from tools.offline import ROOT, preview_process
 
 GITHUB_COMMENT_LIMIT = 65_536
 DEFAULT_LIMIT = 60_000  # room for whatever the workflow adds around the report
@@ -139,14 +139,7 @@ def render(tree: Path, stack: str, out: Path, timeout: float = 900) -> Render:
     if not (tree / "tools" / "preview.py").is_file():
         return Render(ok=False, error="this revision has no offline preview (tools/preview.py)")
     try:
-        result = subprocess.run(
-            [sys.executable, "-m", "tools.preview", "--stack", stack, "--out", str(out)],
-            cwd=tree,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=timeout,
-        )
+        result = preview_process(stack, out, tree, timeout)
     except subprocess.TimeoutExpired:
         return Render(ok=False, error=f"the offline preview took over {timeout:.0f} s")
     build = out / stack

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tools.offline import ROOT
+from tools.offline import ROOT, preview_process
 
 CHECKOV = ROOT / ".venv-checkov" / "bin" / "checkov"
 
@@ -52,13 +52,7 @@ def run_checkov(manifests: Path, checkov: Path = CHECKOV) -> dict[str, Any]:
 
 def gate(stack: str, out: Path, checkov: Path = CHECKOV) -> list[str]:
     """Problems found for one stack (empty: it passes)."""
-    preview = subprocess.run(
-        [sys.executable, "-m", "tools.preview", "--stack", stack, "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    preview = preview_process(stack, out)
     if preview.returncode != 0:
         return [f"offline preview exited {preview.returncode}:\n{preview.stderr.strip()}"]
     report = run_checkov(out / stack / "manifests", checkov)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import runpy
+import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,25 @@ PROJECT = "mlplatform"
 
 def stack_file(stack: str, root: Path = ROOT) -> Path:
     return root / f"Pulumi.{stack}.yaml"
+
+
+def preview_process(
+    stack: str, out: Path, tree: Path = ROOT, timeout: float | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python -m tools.preview --stack STACK --out OUT`, run in `tree`.
+
+    Each preview gets its own interpreter: the Pulumi mocks are process-wide,
+    and `tree` may be another revision of the project (tools/diff.py).
+    Raises subprocess.TimeoutExpired past `timeout`.
+    """
+    return subprocess.run(
+        [sys.executable, "-m", "tools.preview", "--stack", stack, "--out", str(out)],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )
 
 
 def read_stack_config(path: Path) -> dict[str, Any]:
