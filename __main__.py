@@ -7,8 +7,8 @@ is registered.
 
 import pulumi
 
-from infra.platform import Platform
-from infra.settings import load_from_pulumi
+from mlplatform.loading import load_from_pulumi
+from mlplatform.platform import Platform
 
 settings = load_from_pulumi()
 platform = Platform("mlplatform", settings)

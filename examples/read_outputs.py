@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # an app would copy the model
 
-from infra.outputs import StackOutputs
+from mlplatform.outputs import StackOutputs
 
 
 def load(args: argparse.Namespace) -> dict[str, object]:

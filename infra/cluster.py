@@ -19,18 +19,205 @@ it) or, with `kubeconfigContext`, uses any cluster and creates no AWS resource.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
+from pydantic import Field, field_validator, model_validator
 
-from infra import catalog, iam, meta
-from infra.network import Vpc, VpcArgs
-from infra.settings import ClusterSettings
-from workloads.runtime import contract
+from infra import catalog, iam, meta, pod
+from infra.config_types import Cidr, DnsLabel, FieldProblems, Loc, _Model, check_scaling
+from infra.network import Vpc, VpcArgs, VpcSettings
+
+SUPPORTED_KUBERNETES_VERSIONS = ("1.33", "1.34", "1.35", "1.36", "1.37")
+
+
+class SystemNodeGroupSettings(_Model):
+    """The small CPU node group for cluster add-ons and CPU pods (`create` mode)."""
+
+    instance_types: list[str] = Field(
+        ["m7i.xlarge"],
+        min_length=1,
+        description="Instance types (4 vCPU / 16 GiB holds CoreDNS, the EBS CSI "
+        "controller and a monitoring stack).",
+    )
+    min_size: int = Field(
+        2, ge=1, description="Minimum nodes (>= 1; 2 keeps CoreDNS highly available)."
+    )
+    desired_size: int | None = Field(None, description="Initial nodes. Default: `minSize`.")
+    max_size: int = Field(4, ge=1, description="Maximum nodes.")
+    disk_size_gib: int = Field(
+        50, alias="diskSizeGiB", ge=20, le=16384, description="Root volume size in GiB."
+    )
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> SystemNodeGroupSettings:
+        check_scaling(self.min_size, self.desired_size, self.max_size)
+        return self
+
+
+class ExistingGpuNodesSettings(_Model):
+    """GPU nodes that already exist in the cluster (not created by this stack).
+    Used for capacity planning and quota checks."""
+
+    name: DnsLabel = Field(description="A name for this pool (used in the plan).")
+    count: int = Field(ge=0, description="Maximum number of such nodes.")
+    gpus_per_node: int = Field(ge=1, le=16, description="GPUs per node.")
+    accelerator: str | None = Field(
+        None,
+        description="Value of the nodes' `k8s.amazonaws.com/accelerator` label, if any.",
+    )
+
+
+class ClusterSettings(_Model):
+    """Which cluster the platform runs on."""
+
+    mode: Literal["create", "existing"] = Field(
+        "create",
+        description="`create`: a new VPC and EKS cluster. `existing`: an EKS cluster "
+        "found by `name`, or any cluster by `kubeconfigContext`.",
+    )
+    name: DnsLabel | None = Field(
+        None,
+        description="EKS cluster name. Default in `create` mode: `mlplatform-<environment>`. "
+        "Required in `existing` mode unless `kubeconfigContext` is set.",
+    )
+    kubeconfig_context: str | None = Field(
+        None,
+        description="`existing` mode only: use this context of the default kubeconfig "
+        "($KUBECONFIG or ~/.kube/config) and create no AWS resources at all (on-prem, kind). "
+        "Cannot be combined with `gpuNodeGroups`.",
+    )
+    region: str | None = Field(
+        None,
+        description="AWS region. Default: the `aws:region` config value. Required "
+        "whenever AWS resources are created.",
+    )
+    kubernetes_version: str = Field(
+        "1.35",
+        description=f"Kubernetes minor version ({', '.join(SUPPORTED_KUBERNETES_VERSIONS)}). "
+        "Manifests are schema-validated against it; in `existing` mode give the "
+        "cluster's version.",
+    )
+    endpoint_public_access_cidrs: list[Cidr] = Field(
+        [],
+        description="CIDRs allowed to reach the public API endpoint. Empty (default): "
+        "the endpoint is private to the VPC. `0.0.0.0/0` is rejected.",
+    )
+    admin_role_arns: list[str] = Field(
+        [],
+        description="IAM role ARNs granted cluster-admin through EKS access entries "
+        "(the identity running `pulumi up` is admin already).",
+    )
+    control_plane_logs: list[
+        Literal["api", "audit", "authenticator", "controllerManager", "scheduler"]
+    ] = Field(
+        ["api", "audit", "authenticator"],
+        description="Control-plane log types sent to CloudWatch.",
+    )
+    secrets_encryption: bool = Field(
+        True,
+        description="Envelope-encrypt Kubernetes Secrets with a customer-managed KMS key "
+        "(rotation on).",
+    )
+    deletion_protection: bool = Field(
+        True,
+        description="EKS deletion protection (`create` mode): the cluster cannot be "
+        "deleted until this is turned off. Turn it off for throwaway dev clusters.",
+    )
+    storage_class: str = Field(
+        "gp3",
+        description="StorageClass for checkpoint and model PVCs. `create` mode installs "
+        "the EBS CSI driver and an encrypted `gp3` class; in `existing` mode name one "
+        "the cluster has.",
+    )
+    shared_storage_class: str | None = Field(
+        None,
+        description="ReadWriteMany StorageClass for checkpoints shared by the nodes of a "
+        "distributed run. In `create` mode, setting it creates an encrypted EFS file "
+        "system, the EFS CSI driver and a class of this name; in `existing` mode name one "
+        "the cluster has. Unset: multi-node training needs an existing RWX claim.",
+    )
+    vpc: VpcSettings = Field(default_factory=VpcSettings, description="VPC (`create` mode).")
+    system_nodes: SystemNodeGroupSettings = Field(
+        default_factory=SystemNodeGroupSettings,
+        description="System node group (`create` mode).",
+    )
+    subnet_ids: list[str] = Field(
+        [],
+        description="`existing` EKS mode: subnets for the GPU node groups. Default: the "
+        "cluster's own subnets.",
+    )
+    existing_gpu_nodes: list[ExistingGpuNodesSettings] = Field(
+        [],
+        description="GPU nodes the cluster already has, counted as capacity.",
+    )
+
+    @field_validator("kubernetes_version", mode="before")
+    @classmethod
+    def _check_version(cls, version: Any) -> str:
+        # YAML reads 1.30 as a float; accept it but compare as text.
+        text = str(version)
+        if text not in SUPPORTED_KUBERNETES_VERSIONS:
+            raise ValueError(
+                f"{text!r} is not supported; use one of {', '.join(SUPPORTED_KUBERNETES_VERSIONS)}"
+            )
+        return text
+
+    @field_validator("endpoint_public_access_cidrs")
+    @classmethod
+    def _check_public_cidrs(cls, cidrs: list[str]) -> list[str]:
+        problems: list[tuple[Loc, str]] = [
+            (
+                (i,),
+                f"{cidr} opens the API endpoint to the whole internet; list the CIDRs "
+                "of your offices, VPN or CI runners",
+            )
+            for i, cidr in enumerate(cidrs)
+            if ipaddress.ip_network(cidr).prefixlen == 0
+        ]
+        if problems:
+            raise FieldProblems(problems)
+        return cidrs
+
+    @model_validator(mode="after")
+    def _check(self) -> ClusterSettings:
+        problems: list[tuple[Loc, str]] = []
+        if self.kubeconfig_context and self.mode != "existing":
+            problems.append((("kubeconfigContext",), "only valid with mode: existing"))
+        if self.mode == "existing" and not self.kubeconfig_context and not self.name:
+            problems.append(
+                (
+                    ("name",),
+                    "mode: existing needs the EKS cluster name (or kubeconfigContext)",
+                )
+            )
+        if self.subnet_ids and self.mode != "existing":
+            problems.append(
+                (
+                    ("subnetIds",),
+                    "only valid with mode: existing (create mode makes its own subnets)",
+                )
+            )
+        if self.uses_aws and not self.region:
+            problems.append(
+                (
+                    ("region",),
+                    "required (or set `aws:region`) when AWS resources are managed",
+                )
+            )
+        if problems:
+            raise FieldProblems(problems)
+        return self
+
+    @property
+    def uses_aws(self) -> bool:
+        return not (self.mode == "existing" and self.kubeconfig_context)
+
 
 EBS_CSI_SERVICE_ACCOUNT = "ebs-csi-controller-sa"
 EFS_CSI_SERVICE_ACCOUNT = "efs-csi-controller-sa"
@@ -346,9 +533,9 @@ class Cluster(pulumi.ComponentResource):
                 "provisioningMode": "efs-ap",
                 "fileSystemId": fs.id,
                 "directoryPerms": "700",
-                # Access points owned by the runtime image's user.
-                "uid": str(contract.RUN_AS_USER),
-                "gid": str(contract.RUN_AS_GROUP),
+                # Access points owned by the user restricted pods run as.
+                "uid": str(pod.NON_ROOT_UID),
+                "gid": str(pod.NON_ROOT_GID),
                 "basePath": "/checkpoints",
             },
             reclaim_policy="Delete",

@@ -1,12 +1,13 @@
 """Building blocks of the settings models: the strict camelCase base model,
 field types (DNS labels, quantities, CIDRs), and errors that name key paths.
 
-Shared by `infra/settings.py` and the workload specs beside their components
-(`workloads/*.py`), which the settings model composes.
+Shared by every settings model (each lives beside the component it configures)
+and by the composition root (mlplatform/), which assembles them.
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import re
@@ -124,3 +125,9 @@ def check_scaling(min_size: int, desired: int | None, max_size: int) -> None:
         )
     if problems:
         raise FieldProblems(problems)
+
+
+def unknown_key_message(key: str, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(key, allowed, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown key{hint} (allowed: {', '.join(sorted(allowed))})"

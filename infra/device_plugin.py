@@ -2,7 +2,7 @@
 
 Version: v0.20.1 (September 2026), the newest release and the one NVIDIA's GPU
 Operator v26.7.1 ships; pinned by the digest that operator's bundle records
-(infra/settings.py DEVICE_PLUGIN_IMAGE). Its config file format (`version: v1`,
+(DEVICE_PLUGIN_IMAGE below). Its config file format (`version: v1`,
 `flags`, `sharing.timeSlicing`) is unchanged since v0.12.
 
 Why these choices:
@@ -31,15 +31,76 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import pulumi
 import pulumi_kubernetes as k8s
 import yaml
+from pydantic import Field
 
-from infra import catalog, meta
-from infra.settings import DevicePluginSettings
-from workloads import pod
+from infra import catalog, meta, pod
+from infra.config_types import _Model
+
+
+class TimeSlicingSettings(_Model):
+    """GPU time-slicing: several pods share one GPU in turns (no memory or fault isolation)."""
+
+    replicas: int = Field(
+        1,
+        ge=1,
+        le=48,
+        description="Pods per physical GPU. 1 (default) turns time-slicing off.",
+    )
+    rename_by_default: bool = Field(
+        False,
+        description="Advertise shared GPUs as `nvidia.com/gpu.shared` so pods opt in "
+        "explicitly instead of getting a slice where they asked for a GPU.",
+    )
+    fail_requests_greater_than_one: bool = Field(
+        True,
+        description="Reject pods asking for more than one shared GPU (more slices "
+        "give no more compute).",
+    )
+
+
+# NVIDIA k8s-device-plugin v0.20.1 (September 2026, the newest release: v0.20.0
+# plus fixes), tag and digest as NVIDIA's GPU Operator v26.7.1 pins it in its
+# certified OLM bundle: redhat-openshift-ecosystem/certified-operators,
+# operators/gpu-operator-certified/26.7.1/manifests/, the ClusterServiceVersion's
+# relatedImages (device-plugin-image).
+DEVICE_PLUGIN_IMAGE = (
+    "nvcr.io/nvidia/k8s-device-plugin:v0.20.1"
+    "@sha256:27c1b2553a690ca3d29889dcd61df97525d46f58272c0be8dc63c2b18f120075"
+)
+
+
+class DevicePluginSettings(_Model):
+    """NVIDIA k8s-device-plugin (kube-system DaemonSet on GPU nodes)."""
+
+    enabled: bool = Field(
+        True,
+        description="Deploy the DaemonSet. Turn off only when something else (the GPU "
+        "Operator, Bottlerocket) advertises `nvidia.com/gpu` on every GPU node.",
+    )
+    image: str = Field(
+        DEVICE_PLUGIN_IMAGE,
+        description="Device plugin image, pinned by tag and digest (v0.20.1: the newest "
+        "release, the one NVIDIA's GPU Operator v26.7.1 ships).",
+    )
+    mig_strategy: Literal["none", "single", "mixed"] = Field(
+        "none",
+        description="How MIG devices are advertised: `none`, `single` (all "
+        "`nvidia.com/gpu`), `mixed` (`nvidia.com/mig-<profile>`). Needs MIG-capable "
+        "GPUs (A100, H100, H200) partitioned by an operator.",
+    )
+    time_slicing: TimeSlicingSettings = Field(
+        default_factory=TimeSlicingSettings, description="GPU time-slicing."
+    )
+
+    @property
+    def sharing_enabled(self) -> bool:
+        return self.time_slicing.replicas > 1
+
 
 NAMESPACE = "kube-system"
 NAME = "nvidia-device-plugin"

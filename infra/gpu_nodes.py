@@ -12,13 +12,130 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import pulumi
 import pulumi_aws as aws
+from pydantic import Field, field_validator, model_validator
 
-from infra import catalog, iam, scheduling
-from infra.settings import DevicePluginSettings, GpuNodeGroupSettings
+from infra import catalog, iam, instances, scheduling
+from infra.config_types import DnsLabel, FieldProblems, Loc, _Model, check_scaling
+from infra.device_plugin import DevicePluginSettings
+
+AmiType = Literal["AL2023_x86_64_NVIDIA", "BOTTLEROCKET_x86_64_NVIDIA"]
+
+
+class GpuNodeGroupSettings(_Model):
+    """One EKS managed node group of GPU instances."""
+
+    name: DnsLabel = Field(description="Node group name, unique in the stack (a DNS-1123 label).")
+    instance_types: list[str] = Field(
+        min_length=1,
+        description="GPU instance types. All must have the same GPU count and model, "
+        "since the autoscaler builds one node template per group. Known families: "
+        + ", ".join(instances.GPU_FAMILIES)
+        + ".",
+    )
+    ami_type: AmiType = Field(
+        "AL2023_x86_64_NVIDIA",
+        description="`AL2023_x86_64_NVIDIA` (NVIDIA driver and container toolkit; the "
+        "platform's device plugin DaemonSet runs on it) or `BOTTLEROCKET_x86_64_NVIDIA` "
+        "(ships its own device plugin; the DaemonSet skips these nodes).",
+    )
+    capacity_type: Literal["ON_DEMAND", "SPOT"] = Field(
+        "ON_DEMAND",
+        description=f"`SPOT` nodes get the taint `{scheduling.SPOT_TAINT}`; "
+        "only priority classes in `scheduling.spotPriorityClasses` tolerate it.",
+    )
+    min_size: int = Field(0, ge=0, description="Minimum nodes; 0 lets the group scale to zero.")
+    desired_size: int | None = Field(
+        None,
+        description="Initial nodes. Default: `minSize`. Later changes by the cluster "
+        "autoscaler are not reverted by `pulumi up`.",
+    )
+    max_size: int = Field(ge=1, description="Maximum nodes (required).")
+    disk_size_gib: int = Field(
+        200,
+        alias="diskSizeGiB",
+        ge=50,
+        le=16384,
+        description="Root volume in GiB; CUDA images are large, 200 fits several.",
+    )
+    labels: dict[str, str] = Field({}, description="Extra node labels.")
+    subnet_ids: list[str] = Field(
+        [],
+        description="Subnets for this group (e.g. one zone with a capacity reservation). "
+        "Default: the cluster's private subnets.",
+    )
+
+    @field_validator("instance_types")
+    @classmethod
+    def _check_instance_types(cls, names: list[str]) -> list[str]:
+        problems: list[tuple[Loc, str]] = []
+        for i, name in enumerate(names):
+            if instances.lookup(name) is None:
+                family = name.split(".", 1)[0]
+                hint = (
+                    f"unknown size of the {family} family"
+                    if family in instances.GPU_FAMILIES
+                    else "not a GPU instance type; known GPU families: "
+                    + ", ".join(instances.GPU_FAMILIES)
+                )
+                problems.append(((i,), f"{name!r}: {hint}"))
+        shapes = {(t.gpus, t.gpu_model) for n in names if (t := instances.lookup(n))}
+        if len(shapes) > 1:
+            got = ", ".join(f"{g}x {m}" for g, m in sorted(shapes))
+            problems.append(
+                (
+                    (),
+                    "all instance types of a group need the same GPU count and model "
+                    f"(got {got}); use one group per shape",
+                )
+            )
+        if problems:
+            raise FieldProblems(problems)
+        return names
+
+    @field_validator("labels")
+    @classmethod
+    def _check_labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        reserved = (catalog.GPU_PRESENT_LABEL, catalog.ACCELERATOR_LABEL)
+        problems: list[tuple[Loc, str]] = [
+            ((key,), "this label is set by the platform")
+            for key in labels
+            if key.startswith(catalog.LABEL_PREFIX) or key in reserved
+        ]
+        if problems:
+            raise FieldProblems(problems)
+        return labels
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> GpuNodeGroupSettings:
+        check_scaling(self.min_size, self.desired_size, self.max_size)
+        return self
+
+    @property
+    def instance_type_info(self) -> instances.GpuInstanceType:
+        info = instances.lookup(self.instance_types[0])
+        assert info is not None  # validated
+        return info
+
+    @property
+    def gpus_per_node(self) -> int:
+        return self.instance_type_info.gpus
+
+    @property
+    def max_gpus(self) -> int:
+        return self.max_size * self.gpus_per_node
+
+    @property
+    def is_spot(self) -> bool:
+        return self.capacity_type == "SPOT"
+
+    @property
+    def is_bottlerocket(self) -> bool:
+        return self.ami_type.startswith("BOTTLEROCKET")
+
 
 CA_PREFIX = "k8s.io/cluster-autoscaler"
 

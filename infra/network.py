@@ -9,11 +9,43 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import Literal
 
 import pulumi
 import pulumi_aws as aws
+from pydantic import Field, field_validator
 
-from infra.settings import VpcSettings
+from infra.config_types import Cidr, _Model
+
+
+class VpcSettings(_Model):
+    """The VPC created in `create` mode."""
+
+    cidr: Cidr = Field(
+        "10.0.0.0/16",
+        description="IPv4 CIDR of the VPC. A /16 leaves room for /19 private subnets "
+        "(8,190 pod IPs each with the VPC CNI). Prefix length 16 to 20.",
+    )
+    availability_zones: int = Field(
+        3,
+        ge=2,
+        le=6,
+        description="Number of availability zones to spread subnets over (2 to 6; "
+        "EKS requires subnets in at least 2).",
+    )
+    nat_gateways: Literal["single", "perAz"] = Field(
+        "perAz",
+        description="`perAz`: one NAT gateway per zone, so a zone outage does not cut "
+        "egress for the others. `single`: one NAT gateway (cheaper; for dev).",
+    )
+
+    @field_validator("cidr")
+    @classmethod
+    def _check_prefix(cls, cidr: str) -> str:
+        prefix = ipaddress.ip_network(cidr).prefixlen
+        if not 16 <= prefix <= 20:
+            raise ValueError(f"prefix length must be 16 to 20, got /{prefix}")
+        return cidr
 
 
 def allocate_subnets(vpc_cidr: str, zones: int) -> tuple[list[str], list[str]]:

@@ -15,8 +15,22 @@ from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
+from pydantic import Field
 
 from infra import catalog, meta
+from infra.config_types import PriorityClassName, _Model
+
+
+class SchedulingSettings(_Model):
+    """Placement rules shared by every workload."""
+
+    spot_priority_classes: list[PriorityClassName] = Field(
+        ["training-preemptible"],
+        description="Priority classes whose GPU pods tolerate the spot taint and so may "
+        "run on SPOT node groups. Only work that checkpoints and can lose a node "
+        "belongs there; dev may list more to use a single spot group.",
+    )
+
 
 NO_SCHEDULE = catalog.NO_SCHEDULE_EFFECT
 ZONE_LABEL = "topology.kubernetes.io/zone"
@@ -36,6 +50,9 @@ class Taint:
             "NoExecute": "NO_EXECUTE",
             "PreferNoSchedule": "PREFER_NO_SCHEDULE",
         }[self.effect]
+
+    def __str__(self) -> str:
+        return f"{self.key}={self.value}:{self.effect}"
 
     def toleration(self) -> dict[str, Any]:
         # Exists (not Equal): a change of the taint's value must not strand pods.

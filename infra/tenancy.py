@@ -17,15 +17,132 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
+from pydantic import Field, model_validator
 
-from infra import catalog, meta
-from infra.settings import TeamSettings
-from workloads.runtime import contract
+from infra import catalog, meta, quantity
+from infra.config_types import Cidr, DnsLabel, FieldProblems, Loc, Quantity, _Model
+
+
+class TeamQuota(_Model):
+    """The team namespace's ResourceQuota."""
+
+    gpus: int = Field(
+        0,
+        ge=0,
+        description="`requests.nvidia.com/gpu` (extended resources accept only the "
+        "`requests.` prefix; requests equal limits for GPUs).",
+    )
+    overcommit: bool = Field(
+        False,
+        description="Allow `gpus` above the GPUs the node groups can ever provide.",
+    )
+    cpu: Quantity = Field("32", description="`requests.cpu`.")
+    cpu_limits: Quantity | None = Field(
+        None,
+        description="`limits.cpu`. Unset by default: a limits.cpu quota forces a CPU "
+        "limit on every container, and CFS throttling slows data loading.",
+    )
+    memory: Quantity = Field("128Gi", description="`requests.memory`.")
+    memory_limits: Quantity | None = Field(None, description="`limits.memory`. Default: `memory`.")
+    pods: int = Field(50, ge=1, description="`pods`.")
+    persistent_volume_claims: int = Field(10, ge=0, description="`persistentvolumeclaims`.")
+    storage: Quantity = Field("1Ti", description="`requests.storage` over all PVCs.")
+    jobs: int = Field(20, ge=0, description="`count/jobs.batch`.")
+
+
+class TeamLimits(_Model):
+    """The team namespace's LimitRange (per-container defaults and maxima)."""
+
+    default_cpu_request: Quantity = Field(
+        "250m", description="CPU request for containers that set none."
+    )
+    default_memory_request: Quantity = Field(
+        "512Mi", description="Memory request for containers that set none."
+    )
+    default_memory_limit: Quantity = Field(
+        "1Gi", description="Memory limit for containers that set none."
+    )
+    default_cpu_limit: Quantity | None = Field(
+        None,
+        description="CPU limit for containers that set none. Required when "
+        "`quota.cpuLimits` is set.",
+    )
+    max_gpus_per_container: int | None = Field(
+        None,
+        ge=0,
+        description="Most GPUs one container may ask for. Default: the GPUs of the "
+        "largest instance type in the stack.",
+    )
+
+
+class TeamNetwork(_Model):
+    """The openings in the namespace's default-deny NetworkPolicy."""
+
+    allow_dns: bool = Field(True, description="Egress to CoreDNS (UDP/TCP 53).")
+    allow_intra_namespace: bool = Field(True, description="Traffic between pods of the namespace.")
+    allow_monitoring_scrape: bool = Field(
+        True,
+        description="Ingress from the monitoring namespace to the metrics ports.",
+    )
+    allow_https_egress: bool = Field(
+        True,
+        description="Egress on TCP 443 anywhere except link-local (instance metadata): "
+        "object storage, registries, package mirrors.",
+    )
+    egress_cidrs: list[Cidr] = Field(
+        [], description="Extra CIDRs the namespace may reach on any port."
+    )
+
+
+class TeamSettings(_Model):
+    """A team: one namespace with quota, limits and network policies."""
+
+    name: DnsLabel = Field(description="Team name; also the namespace name.")
+    quota: TeamQuota = Field(default_factory=TeamQuota, description="ResourceQuota.")
+    limits: TeamLimits = Field(default_factory=TeamLimits, description="LimitRange.")
+    network: TeamNetwork = Field(default_factory=TeamNetwork, description="NetworkPolicies.")
+
+    @model_validator(mode="after")
+    def _check(self) -> TeamSettings:
+        problems: list[tuple[Loc, str]] = []
+        if self.quota.cpu_limits is not None and self.limits.default_cpu_limit is None:
+            problems.append(
+                (
+                    ("limits", "defaultCpuLimit"),
+                    "required when quota.cpuLimits is set, or "
+                    "containers without a CPU limit are rejected",
+                )
+            )
+        pairs = [
+            (
+                ("limits", "defaultMemoryRequest"),
+                self.limits.default_memory_request,
+                "limits.defaultMemoryLimit",
+                self.limits.default_memory_limit,
+            ),
+        ]
+        if self.limits.default_cpu_limit is not None:
+            pairs.append(
+                (
+                    ("limits", "defaultCpuRequest"),
+                    self.limits.default_cpu_request,
+                    "limits.defaultCpuLimit",
+                    self.limits.default_cpu_limit,
+                )
+            )
+        for loc, request, limit_name, limit in pairs:
+            if quantity.parse(request) > quantity.parse(limit):
+                problems.append((loc, f"{request} is greater than {limit_name} ({limit})"))
+        if problems:
+            raise FieldProblems(problems)
+        return self
+
 
 # Instance metadata (IMDS) and other link-local endpoints stay unreachable from
 # team pods: credentials come from IRSA, never from the node role.
@@ -38,6 +155,9 @@ class TeamNamespaceArgs:
     kubernetes_version: str  # "1.35": pins the Pod Security standard version
     max_gpus_per_container: int
     monitoring_namespace: str
+    # Ports the monitoring namespace may scrape (the runtime's metrics ports,
+    # given by the composition root).
+    metrics_ports: tuple[int, ...]
 
 
 class TeamNamespace(pulumi.ComponentResource):
@@ -88,7 +208,9 @@ class TeamNamespace(pulumi.ComponentResource):
                 spec=spec,
                 opts=child,
             )
-            for policy_name, spec in network_policies(team, args.monitoring_namespace).items()
+            for policy_name, spec in network_policies(
+                team, args.monitoring_namespace, args.metrics_ports
+            ).items()
         }
         self.namespace = ns_name
         self.quota_name = "team-quota"
@@ -143,7 +265,9 @@ def limit_range_limits(team: TeamSettings, max_gpus: int) -> list[dict[str, Any]
     ]
 
 
-def network_policies(team: TeamSettings, monitoring_namespace: str) -> dict[str, dict[str, Any]]:
+def network_policies(
+    team: TeamSettings, monitoring_namespace: str, metrics_ports: Sequence[int]
+) -> dict[str, dict[str, Any]]:
     """NetworkPolicy specs by name: default deny, then each enabled opening."""
     net = team.network
     everything: dict[str, Any] = {}
@@ -189,10 +313,7 @@ def network_policies(team: TeamSettings, monitoring_namespace: str) -> dict[str,
                             }
                         }
                     ],
-                    "ports": [
-                        {"protocol": "TCP", "port": contract.SERVE_PORT},
-                        {"protocol": "TCP", "port": contract.TRAIN_METRICS_PORT},
-                    ],
+                    "ports": [{"protocol": "TCP", "port": port} for port in metrics_ports],
                 }
             ],
         }

@@ -9,8 +9,9 @@ from typing import Any
 import yaml
 
 from tools.offline import Run, run_program
-from tools.preview import Preview, build_preview
+from tools.preview import build_preview
 from tools.preview import main as preview_main
+from tools.result import Preview
 
 
 def base_config(**overrides: Any) -> dict[str, Any]:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from infra.settings import ConfigError, load_settings
+from infra.config_types import ConfigError
+from mlplatform.loading import load_settings
 from tests.helpers import base_config, run
 from workloads.image import RUNTIME_DIR, source_hash
 

@@ -14,7 +14,7 @@ import pulumi
 import pytest
 from pulumi.runtime.mocks import MockResourceArgs
 
-from infra.outputs import SECRET_OUTPUTS, SECRET_PLACEHOLDER, StackOutputs
+from mlplatform.outputs import SECRET_OUTPUTS, SECRET_PLACEHOLDER, StackOutputs
 from tools import preview as preview_cli
 from tools.mocks import PlatformMocks, RecordingMonitor
 from tools.offline import ROOT, read_stack_config, run_program, stack_file

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from infra import pod
 from tools.schema import SchemaValidator
-from workloads import pod
 
 
 def _container(**kw: object) -> pod.Container:

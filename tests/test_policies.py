@@ -14,11 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pulumi_policy import EnforcementLevel, Severity, StackValidationPolicy
 
+from infra import pod
 from policies import pack, rules
 from policies.rules import PolicyConfig, Resource
 from tests.helpers import base_config, preview_cli
 from tools.preview import build_preview
-from workloads import pod
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CFG = PolicyConfig(
@@ -461,7 +461,8 @@ def test_disabled_rules_report_nothing(tmp_path: Path) -> None:
 
 
 def test_unknown_rule_in_enforcement_is_a_config_error() -> None:
-    from infra.settings import ConfigError, load_settings
+    from infra.config_types import ConfigError
+    from mlplatform.loading import load_settings
 
     with pytest.raises(ConfigError) as info:
         load_settings(base_config(policy={"enforcement": {"gpu-in-limit": "advisory"}}), "dev")

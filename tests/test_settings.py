@@ -13,7 +13,9 @@ import pulumi
 import pytest
 import yaml
 
-from infra.settings import ConfigError, PlatformSettings, load_settings
+from infra.config_types import ConfigError
+from mlplatform.loading import load_settings
+from mlplatform.settings import PlatformSettings
 from tests.helpers import base_config
 from tools import preview as preview_cli
 from tools.mocks import PlatformMocks, RecordingMonitor

@@ -640,7 +640,8 @@ def test_bad_workload_config(
 
 
 def test_duplicate_workload_names_in_a_team() -> None:
-    from infra.settings import ConfigError, load_settings
+    from infra.config_types import ConfigError
+    from mlplatform.loading import load_settings
 
     with pytest.raises(ConfigError) as info:
         load_settings(stack(TRAIN, TRAIN | {"kind": "training"}), "dev")

@@ -18,8 +18,8 @@ from typing import Any, Literal, Union
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from infra import outputs
-from infra.settings import NAMESPACE, PlatformSettings
+from mlplatform import outputs
+from mlplatform.settings import NAMESPACE, PlatformSettings
 from policies import rules
 from tools.offline import ROOT
 

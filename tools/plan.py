@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING
 
 from infra.gpu_nodes import advertised_gpus
-
-if TYPE_CHECKING:
-    from tools.preview import Preview
+from tools.result import Preview
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:

@@ -9,7 +9,9 @@ import json
 import sys
 from typing import Any
 
-from infra.settings import ConfigError, PlatformSettings, load_settings
+from infra.config_types import ConfigError
+from mlplatform.loading import load_settings
+from mlplatform.settings import PlatformSettings
 from policies import rules
 from tools.offline import ROOT, Run, read_stack_config
 

@@ -23,44 +23,17 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from infra.settings import ConfigError, PlatformSettings, load_settings
+from infra.config_types import ConfigError
+from mlplatform.loading import load_settings
 from tools import crds, plan, policy
-from tools.offline import ROOT, Run, manifest, read_stack_config, run_program, stack_file
-from tools.schema import SchemaProblem, SchemaValidator
-
-EXIT_OK, EXIT_POLICY, EXIT_CONFIG, EXIT_SCHEMA = 0, 1, 2, 3
-
-
-@dataclass
-class Preview:
-    """Everything the preview learned about one stack."""
-
-    stack: str
-    settings: PlatformSettings
-    run: Run
-    manifests: dict[str, dict[str, Any]]  # relative path -> manifest
-    schema_problems: dict[str, list[SchemaProblem]] = field(default_factory=dict)
-    unvalidated: dict[str, str] = field(default_factory=dict)  # path -> reason
-    crd_validated: dict[str, str] = field(default_factory=dict)  # path -> against what
-    findings: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def mandatory_findings(self) -> list[dict[str, Any]]:
-        return [f for f in self.findings if f["level"] == "mandatory"]
-
-    @property
-    def exit_code(self) -> int:
-        if self.schema_problems:
-            return EXIT_SCHEMA
-        if self.mandatory_findings:
-            return EXIT_POLICY
-        return EXIT_OK
+from tools.offline import ROOT, manifest, read_stack_config, run_program, stack_file
+from tools.result import EXIT_CONFIG, Preview
+from tools.schema import SchemaValidator
 
 
 def manifest_path(m: dict[str, Any]) -> str:

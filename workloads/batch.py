@@ -18,8 +18,9 @@ import pulumi
 import pulumi_kubernetes as k8s
 from pydantic import Field, model_validator
 
+from infra import pod
 from infra.config_types import FieldProblems, Loc, Quantity
-from workloads import common, pod
+from workloads import common
 from workloads.runtime import contract
 
 WORKER = "batch"

@@ -17,9 +17,8 @@ import pulumi
 import pulumi_kubernetes as k8s
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from infra import catalog, meta, quantity
+from infra import catalog, meta, pod, quantity
 from infra.config_types import DnsLabel, FieldProblems, Loc, PriorityClassName, Quantity, _Model
-from workloads import pod
 from workloads.runtime import contract
 
 # Job pods are named <job>-<index>-<5 random>; an Indexed Job's hostname is

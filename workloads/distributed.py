@@ -35,9 +35,9 @@ import pulumi
 import pulumi_kubernetes as k8s
 from pydantic import Field, model_validator
 
-from infra import meta, scheduling
+from infra import meta, pod, scheduling
 from infra.config_types import FieldProblems, Loc
-from workloads import common, pod
+from workloads import common
 from workloads.runtime import contract
 from workloads.training import (
     JOB_NAME_LABEL,

@@ -36,9 +36,9 @@ import pulumi
 import pulumi_kubernetes as k8s
 from pydantic import Field
 
-from infra import catalog, meta
+from infra import catalog, meta, pod
 from infra.config_types import DnsLabel, Quantity, _Model
-from workloads import dashboards, metric_catalog, pod
+from workloads import dashboards, metric_catalog
 
 STACK_CHART = "kube-prometheus-stack"
 STACK_CHART_VERSION = "86.3.2"

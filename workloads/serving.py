@@ -30,15 +30,25 @@ import pulumi
 import pulumi_kubernetes as k8s
 from pydantic import Field, model_validator
 
-from infra import catalog, meta
-from infra.config_types import FieldProblems, Loc, PriorityClassName, Quantity, _Model
-from workloads import common, pod
+from infra import catalog, meta, pod
+from infra.config_types import DnsLabel, FieldProblems, Loc, PriorityClassName, Quantity, _Model
+from workloads import common
 from workloads.runtime import contract
 
 HTTP_PORT_NAME = "http"
 SERVICE_PORT = 80
 TRACK_LABEL = f"{catalog.LABEL_PREFIX}/track"
 PROTOCOL = "kserve-v2"  # and v1; see workloads/runtime/README.md
+
+
+class ServingSettings(_Model):
+    """How inference services are reached."""
+
+    gateway_namespace: DnsLabel = Field(
+        "gateway",
+        description="Namespace of the ingress gateway (Envoy Gateway, Istio, NGINX, ...): "
+        "inference services admit traffic from it.",
+    )
 
 
 class CustomMetric(_Model):

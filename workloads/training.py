@@ -25,12 +25,23 @@ import pulumi
 import pulumi_kubernetes as k8s
 from pydantic import Field, field_validator, model_validator
 
+from infra import pod
 from infra.config_types import DnsLabel, FieldProblems, PriorityClassName, Quantity, _Model
-from workloads import common, cron, pod
+from workloads import common, cron
 from workloads.runtime import contract
 
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 TRAINER = "trainer"
+
+
+class MlflowSettings(_Model):
+    """Experiment tracking for the runtime's train.py."""
+
+    tracking_uri: str | None = Field(
+        None,
+        description="MLFLOW_TRACKING_URI given to every training workload (train.py logs "
+        "metrics and parameters there). The teams' network policies must let pods reach it.",
+    )
 
 
 class CheckpointSpec(_Model):

@@ -18,7 +18,7 @@ import pulumi_kubernetes as k8s
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))  # an app would copy it
 
-from infra.outputs import StackOutputs
+from mlplatform.outputs import StackOutputs
 
 config = pulumi.Config("mlplatform-consumer")
 platform = pulumi.StackReference(config.require("platformStack"))

@@ -12,8 +12,8 @@ from infra.cluster import Cluster, ClusterArgs
 from infra.device_plugin import NvidiaDevicePlugin, NvidiaDevicePluginArgs
 from infra.gpu_nodes import GpuNodeGroup, GpuNodeGroupArgs
 from infra.scheduling import PriorityClasses
-from infra.settings import PlatformSettings
 from infra.tenancy import TeamNamespace, TeamNamespaceArgs
+from mlplatform.settings import PlatformSettings
 from workloads.batch import BatchInference, BatchInferenceArgs, BatchInferenceSpec
 from workloads.common import WorkloadContext
 from workloads.distributed import (
@@ -23,6 +23,7 @@ from workloads.distributed import (
 )
 from workloads.image import RuntimeImage, RuntimeImageArgs
 from workloads.monitoring import InferenceTarget, Monitoring, MonitoringArgs
+from workloads.runtime import contract
 from workloads.serving import InferenceService, InferenceServiceArgs, InferenceServiceSpec
 from workloads.training import TrainingJob, TrainingJobArgs, TrainingJobSpec
 
@@ -103,6 +104,7 @@ class Platform(pulumi.ComponentResource):
                     kubernetes_version=s.cluster.kubernetes_version,
                     max_gpus_per_container=s.max_gpus_per_container(team),
                     monitoring_namespace=s.monitoring.namespace,
+                    metrics_ports=(contract.SERVE_PORT, contract.TRAIN_METRICS_PORT),
                 ),
                 opts=k8s_opts,
             )

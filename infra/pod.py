@@ -29,9 +29,15 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from infra import catalog, scheduling
-from workloads.runtime import contract
 
 Profile = Literal["restricted", "node-daemon"]
+
+# The identity and scratch directory of a `restricted` pod unless the caller
+# says otherwise. The runtime image (workloads/runtime/contract.py) is built to
+# run as this user with HOME under SCRATCH_DIR; a test keeps the two in step.
+NON_ROOT_UID = 10001
+NON_ROOT_GID = 10001
+SCRATCH_DIR = "/tmp"
 
 
 @dataclass(frozen=True)
@@ -194,8 +200,8 @@ class PodSpec:
     termination_grace_period_seconds: int = 30
     subdomain: str | None = None
     pod_affinity: Mapping[str, Any] | None = None  # e.g. scheduling.same_zone_affinity(...)
-    run_as_user: int = contract.RUN_AS_USER
-    run_as_group: int = contract.RUN_AS_GROUP
+    run_as_user: int = NON_ROOT_UID
+    run_as_group: int = NON_ROOT_GID
 
     @property
     def gpus(self) -> int:
@@ -214,7 +220,7 @@ def pod_template(spec: PodSpec) -> dict[str, Any]:
     """Render a pod template (`{"metadata", "spec"}`) for a Deployment, Job, DaemonSet..."""
     _check(spec)
     volumes = [Volume(SCRATCH_VOLUME, empty_dir=spec.scratch_size)]
-    implicit_mounts = [Mount(SCRATCH_VOLUME, contract.SCRATCH_DIR)]
+    implicit_mounts = [Mount(SCRATCH_VOLUME, SCRATCH_DIR)]
     if spec.shm_size:
         volumes.append(Volume(SHM_VOLUME, empty_dir=spec.shm_size, memory=True))
     volumes.extend(spec.volumes)

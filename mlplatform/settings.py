@@ -1,0 +1,390 @@
+"""PlatformSettings: the whole stack configuration as one typed, validated model.
+
+Every key lives under the `mlplatform:` config namespace, in camelCase, e.g.
+
+    config:
+      mlplatform:cluster:
+        mode: create
+        kubernetesVersion: "1.35"
+      mlplatform:gpuNodeGroups:
+        - name: a10g
+          instanceTypes: [g5.2xlarge]
+          maxSize: 4
+
+Each part's model lives beside the component it configures (infra/cluster.py
+ClusterSettings, infra/tenancy.py TeamSettings, workloads/serving.py
+InferenceServiceSpec, ...). This module only assembles them and runs the checks
+that span parts: quota against capacity, workloads against teams and pools.
+Loading and error reporting are in `mlplatform/loading.py`. The configuration
+reference (docs/configuration.md) is generated from the field descriptions
+(`make docs`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from infra import catalog
+from infra.cluster import ClusterSettings
+from infra.config_types import DnsLabel, FieldProblems, Loc, _Model, unknown_key_message
+from infra.device_plugin import DevicePluginSettings
+from infra.gpu_nodes import GpuNodeGroupSettings
+from infra.scheduling import SchedulingSettings
+from infra.tenancy import TeamSettings
+from policies import rules
+from workloads.batch import BatchInferenceSpec
+from workloads.distributed import DistributedTrainingSpec
+from workloads.image import RuntimeImageSettings
+from workloads.monitoring import MonitoringSettings
+from workloads.serving import InferenceServiceSpec, ServingSettings
+from workloads.training import MlflowSettings, TrainingJobSpec
+
+NAMESPACE = "mlplatform"
+
+
+Enforcement = Literal["mandatory", "advisory", "disabled"]
+
+
+class PolicySettings(_Model):
+    """Thresholds and enforcement of the policy pack for this environment. The
+    offline preview applies them; `make policy-config` writes the same values to
+    policies/config/<stack>.json for `pulumi preview --policy-pack-config`."""
+
+    max_gpus_per_pod: int | None = Field(
+        None, ge=1, description="Most GPUs one pod may hold. Default: the largest GPU node's count."
+    )
+    max_gpu_node_group_size: int = Field(
+        16, ge=1, description="Largest maxSize a GPU node group may have (a cost guard rail)."
+    )
+    gpu_quota_overcommit: float = Field(
+        1.0,
+        ge=1.0,
+        le=10.0,
+        description="Team GPU quotas may add up to capacity times this (1.0: no overcommit).",
+    )
+    require_image_digests: bool = Field(
+        False, description="Every image must be pinned by digest (`@sha256:`), not only by tag."
+    )
+    allow_load_balancers: bool = Field(
+        False,
+        description="Allow Services of type LoadBalancer (else traffic enters via the gateway).",
+    )
+    enforcement: dict[str, Enforcement] = Field(
+        {},
+        description="Override a rule's enforcement: `rule-name: mandatory|advisory|disabled` "
+        "(rules: policies/rules.py, listed in the README).",
+    )
+
+    @field_validator("enforcement")
+    @classmethod
+    def _known_rules(cls, value: dict[str, str]) -> dict[str, str]:
+        problems: list[tuple[Loc, str]] = [
+            ((name,), unknown_key_message(name, list(rules.RULE_NAMES)).replace("key", "rule", 1))
+            for name in value
+            if name not in rules.RULES_BY_NAME
+        ]
+        if problems:
+            raise FieldProblems(problems)
+        return value
+
+
+WorkloadSettings = Annotated[
+    TrainingJobSpec | DistributedTrainingSpec | InferenceServiceSpec | BatchInferenceSpec,
+    Field(discriminator="kind"),
+]
+WORKLOAD_KINDS = ("training", "distributed", "inference", "batch")
+
+
+@dataclass(frozen=True)
+class GpuPool:
+    """Nodes of one GPU shape a workload may land on."""
+
+    name: str
+    gpus_per_node: int
+    accelerator: str | None
+    spot: bool
+
+
+# ---------------------------------------------------------------------------
+# The whole stack
+# ---------------------------------------------------------------------------
+
+
+class PlatformSettings(_Model):
+    """Everything under the `mlplatform:` config namespace."""
+
+    environment: DnsLabel = Field(
+        description="Environment name (dev, staging, prod, ...) used in names, labels, "
+        "tags and policy thresholds. Default: the stack name.",
+    )
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings, description="The cluster.")
+    gpu_node_groups: list[GpuNodeGroupSettings] = Field([], description="GPU node groups.")
+    device_plugin: DevicePluginSettings = Field(
+        default_factory=DevicePluginSettings, description="NVIDIA device plugin."
+    )
+    scheduling: SchedulingSettings = Field(
+        default_factory=SchedulingSettings, description="Scheduling."
+    )
+    teams: list[TeamSettings] = Field([], description="Teams, one namespace each.")
+    monitoring: MonitoringSettings = Field(
+        default_factory=MonitoringSettings, description="Monitoring."
+    )
+    tags: dict[str, str] = Field({}, description="Extra tags on every AWS resource.")
+    runtime_image: RuntimeImageSettings = Field(
+        default_factory=RuntimeImageSettings,
+        description="The runtime image workloads run unless they name their own.",
+    )
+    serving: ServingSettings = Field(default_factory=ServingSettings, description="Serving.")
+    mlflow: MlflowSettings = Field(
+        default_factory=MlflowSettings, description="Experiment tracking."
+    )
+    policy: PolicySettings = Field(default_factory=PolicySettings, description="Policy thresholds.")
+    workloads: list[WorkloadSettings] = Field(
+        [],
+        description="Workloads, each with `kind`: `training`, `distributed`, `inference` "
+        "or `batch`.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> PlatformSettings:
+        problems: list[tuple[Loc, str]] = []
+        problems += _unique([g.name for g in self.gpu_node_groups], "gpuNodeGroups")
+        problems += _unique([t.name for t in self.teams], "teams")
+        reserved = {*catalog.SYSTEM_NAMESPACES, self.monitoring.namespace}
+        for i, team in enumerate(self.teams):
+            if team.name in reserved or team.name.startswith("kube-"):
+                problems.append(
+                    (
+                        ("teams", i, "name"),
+                        f"{team.name!r} is reserved for the platform",
+                    )
+                )
+        if self.gpu_node_groups and not self.cluster.uses_aws:
+            problems.append(
+                (
+                    ("gpuNodeGroups",),
+                    "GPU node groups are EKS managed node groups; with "
+                    "cluster.kubeconfigContext describe the cluster's GPU nodes in "
+                    "cluster.existingGpuNodes instead",
+                )
+            )
+        largest = self.largest_node_gpus
+        capacity = self.gpu_capacity
+        for i, team in enumerate(self.teams):
+            if team.quota.gpus > capacity and not team.quota.overcommit:
+                problems.append(
+                    (
+                        ("teams", i, "quota", "gpus"),
+                        f"{team.quota.gpus} GPUs exceed what the node groups can ever "
+                        f"provide ({capacity}); lower it or set quota.overcommit: true",
+                    )
+                )
+            limit = team.limits.max_gpus_per_container
+            if limit is not None and limit > largest:
+                problems.append(
+                    (
+                        ("teams", i, "limits", "maxGpusPerContainer"),
+                        f"{limit} is more than the largest GPU node has ({largest})",
+                    )
+                )
+        dp = self.device_plugin
+        if dp.sharing_enabled or dp.mig_strategy != "none":
+            for i, group in enumerate(self.gpu_node_groups):
+                if group.is_bottlerocket:
+                    problems.append(
+                        (
+                            ("gpuNodeGroups", i, "amiType"),
+                            "Bottlerocket runs its own device plugin, so "
+                            "devicePlugin.timeSlicing/migStrategy would not apply to it; "
+                            "use AL2023_x86_64_NVIDIA or turn sharing off",
+                        )
+                    )
+        if dp.mig_strategy != "none":
+            for i, group in enumerate(self.gpu_node_groups):
+                if not group.instance_type_info.mig_capable:
+                    problems.append(
+                        (
+                            ("gpuNodeGroups", i, "instanceTypes"),
+                            f"{group.instance_type_info.gpu_model} GPUs do not support MIG "
+                            f"(devicePlugin.migStrategy is {dp.mig_strategy!r})",
+                        )
+                    )
+        problems += self._check_workloads()
+        if problems:
+            raise FieldProblems(problems)
+        return self
+
+    def _check_workloads(self) -> list[tuple[Loc, str]]:
+        problems: list[tuple[Loc, str]] = []
+        teams = {t.name: t for t in self.teams}
+        known_accelerators = {p.accelerator for p in self.gpu_pools if p.accelerator}
+        seen: dict[tuple[str, str], int] = {}
+        dp = self.device_plugin
+        if self.runtime_image.build is not None and not self.cluster.uses_aws:
+            problems.append(
+                (
+                    ("runtimeImage", "build"),
+                    "building needs ECR (AWS); use `ref` with a kubeconfig context",
+                )
+            )
+        for i, w in enumerate(self.workloads):
+            at = ("workloads", i)
+            team = teams.get(w.team)
+            if team is None:
+                problems.append(
+                    (
+                        (*at, "team"),
+                        f"unknown team {w.team!r}; teams: {', '.join(sorted(teams)) or 'none'}",
+                    )
+                )
+            key = (w.team, w.name)
+            if key in seen:
+                problems.append(
+                    (
+                        (*at, "name"),
+                        f"{w.name!r} is already used in team {w.team!r} by workloads[{seen[key]}]",
+                    )
+                )
+            seen.setdefault(key, i)
+            if w.needs_runtime_image and not self.runtime_image.configured:
+                problems.append(
+                    (
+                        (*at, "image"),
+                        "runs the platform runtime image: set mlplatform:runtimeImage "
+                        "(`ref` or `build`) or give the workload its own image and command",
+                    )
+                )
+            for j, acc in enumerate(w.accelerators):
+                if acc not in known_accelerators:
+                    problems.append(
+                        (
+                            (*at, "accelerators", j),
+                            f"{acc!r} is on no node group; the stack has "
+                            f"{', '.join(sorted(known_accelerators)) or 'no labelled GPU nodes'}",
+                        )
+                    )
+            if w.mig_profile and dp.mig_strategy != "mixed":
+                problems.append(
+                    (
+                        (*at, "migProfile"),
+                        "MIG resources per profile need devicePlugin.migStrategy: mixed",
+                    )
+                )
+            if w.gpus and not w.mig_profile:
+                pools = self.pools_for(w.priority_class, w.accelerators)
+                if not pools:
+                    problems.append(
+                        (
+                            (*at, "gpus"),
+                            f"no GPU nodes it may run on (priority class {w.priority_class!r} "
+                            "does not tolerate spot, or no group has the accelerators asked for)",
+                        )
+                    )
+                else:
+                    largest = max(p.gpus_per_node for p in pools)
+                    if w.gpus > largest:
+                        problems.append(
+                            (
+                                (*at, "gpus"),
+                                f"{w.gpus} GPUs per pod: the largest node it may use has {largest}",
+                            )
+                        )
+                if team is not None and w.gpus > self.max_gpus_per_container(team):
+                    problems.append(
+                        (
+                            (*at, "gpus"),
+                            f"{w.gpus} is over team {team.name!r}'s limit of "
+                            f"{self.max_gpus_per_container(team)} GPUs per container",
+                        )
+                    )
+            shared_class = self.cluster.shared_storage_class
+            if (
+                isinstance(w, DistributedTrainingSpec)
+                and w.nodes > 1
+                and w.checkpoint.claim is None
+                and not (w.checkpoint.storage_class or shared_class)
+            ):
+                problems.append(
+                    (
+                        (*at, "checkpoint", "storageClass"),
+                        "nodes share checkpoints: name a ReadWriteMany class here or set "
+                        "cluster.sharedStorageClass (or use an existing RWX claim)",
+                    )
+                )
+        return problems
+
+    # Derived facts -------------------------------------------------------
+
+    @property
+    def gpu_pools(self) -> list[GpuPool]:
+        return [
+            GpuPool(g.name, g.gpus_per_node, g.instance_type_info.accelerator, g.is_spot)
+            for g in self.gpu_node_groups
+        ] + [
+            GpuPool(n.name, n.gpus_per_node, n.accelerator, False)
+            for n in self.cluster.existing_gpu_nodes
+        ]
+
+    def pools_for(self, priority_class: str, accelerators: list[str]) -> list[GpuPool]:
+        """The GPU pools a pod of this class (and accelerator choice) can land on."""
+        spot_ok = priority_class in self.scheduling.spot_priority_classes
+        return [
+            p
+            for p in self.gpu_pools
+            if (not accelerators or p.accelerator in accelerators) and (spot_ok or not p.spot)
+        ]
+
+    @property
+    def cluster_name(self) -> str:
+        return self.cluster.name or f"mlplatform-{self.environment}"
+
+    @property
+    def gpu_capacity(self) -> int:
+        """Physical GPUs the stack can ever have: node groups at maxSize plus existing nodes."""
+        return sum(g.max_gpus for g in self.gpu_node_groups) + sum(
+            n.count * n.gpus_per_node for n in self.cluster.existing_gpu_nodes
+        )
+
+    @property
+    def largest_node_gpus(self) -> int:
+        return max(
+            [g.gpus_per_node for g in self.gpu_node_groups]
+            + [n.gpus_per_node for n in self.cluster.existing_gpu_nodes],
+            default=0,
+        )
+
+    def policy_config(self) -> rules.PolicyConfig:
+        """The policy rules' thresholds for this environment."""
+        p = self.policy
+        existing = self.cluster.existing_gpu_nodes
+        return rules.PolicyConfig(
+            max_gpus_per_pod=p.max_gpus_per_pod or self.largest_node_gpus,
+            max_gpu_node_group_size=p.max_gpu_node_group_size,
+            gpu_quota_overcommit=p.gpu_quota_overcommit,
+            require_image_digests=p.require_image_digests,
+            allow_load_balancers=p.allow_load_balancers,
+            spot_priority_classes=tuple(self.scheduling.spot_priority_classes),
+            existing_gpu_capacity=sum(n.count * n.gpus_per_node for n in existing),
+            existing_largest_node_gpus=max((n.gpus_per_node for n in existing), default=0),
+        )
+
+    def max_gpus_per_container(self, team: TeamSettings) -> int:
+        limit = team.limits.max_gpus_per_container
+        return self.largest_node_gpus if limit is None else limit
+
+    def team(self, name: str) -> TeamSettings | None:
+        return next((t for t in self.teams if t.name == name), None)
+
+
+def _unique(names: list[str], key: str) -> list[tuple[Loc, str]]:
+    seen: dict[str, int] = {}
+    problems: list[tuple[Loc, str]] = []
+    for i, name in enumerate(names):
+        if name in seen:
+            problems.append(((key, i, "name"), f"{name!r} is already used by {key}[{seen[name]}]"))
+        else:
+            seen[name] = i
+    return problems
