@@ -359,7 +359,7 @@ def test_defaults_are_the_documented_ones() -> None:
 
 
 def test_every_field_is_documented() -> None:
-    """The README's config reference is generated from these descriptions."""
+    """The configuration reference (docs/configuration.md) is generated from these descriptions."""
     seen: set[type] = set()
 
     def walk(model: type) -> None:

@@ -1,9 +1,9 @@
-"""Generate the README's configuration reference (from the settings model), its
-policy rules table (from policies/rules.py) and docs/stack-outputs.schema.json
-(from infra/outputs.py).
+"""Generate the configuration reference (docs/configuration.md, from the settings
+models), the policy rules table (docs/policies.md, from policies/rules.py) and
+docs/stack-outputs.schema.json (from mlplatform/outputs.py).
 
 python -m tools.config_docs --write     (make docs)
-python -m tools.config_docs --check     (exit 1 if the README is stale)
+python -m tools.config_docs --check     (exit 1 if a generated file is stale)
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import json
 import sys
 import types
 import typing
+from pathlib import Path
 from typing import Any, Literal, Union
 
 from pydantic import BaseModel
@@ -129,9 +130,9 @@ def render_rules() -> str:
     return "\n".join(lines)
 
 
-def _replace(text: str, start: str, end: str, body: str) -> str:
+def _replace(text: str, start: str, end: str, body: str, path: Path) -> str:
     if start not in text or end not in text:
-        raise SystemExit(f"error: README.md lacks the markers {start!r} ... {end!r}")
+        raise SystemExit(f"error: {path.relative_to(ROOT)} lacks the markers {start!r} ... {end!r}")
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
     return head + body + tail
@@ -143,13 +144,19 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--write", action="store_true")
     mode.add_argument("--check", action="store_true")
     args = parser.parse_args(argv)
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    updated = _replace(text, START, END, render())
-    updated = _replace(updated, RULES_START, RULES_END, render_rules())
-    schema_path = ROOT / "docs" / "stack-outputs.schema.json"
+    docs = ROOT / "docs"
+    reference = docs / "configuration.md"
+    policies = docs / "policies.md"
+    schema_path = docs / "stack-outputs.schema.json"
     schema = json.dumps(outputs.json_schema(), indent=2, sort_keys=True) + "\n"
-    files = ((readme, updated), (schema_path, schema))
+    files = (
+        (reference, _replace(reference.read_text(), START, END, render(), reference)),
+        (
+            policies,
+            _replace(policies.read_text(), RULES_START, RULES_END, render_rules(), policies),
+        ),
+        (schema_path, schema),
+    )
     if args.check:
         stale = [
             str(p.relative_to(ROOT)) for p, new in files if not p.is_file() or p.read_text() != new
