@@ -1,8 +1,9 @@
 """Every metric name the platform's alerts and dashboards may use, and who exports it.
 
 One list, three sources:
-- the runtime (workloads/runtime: serve.py, train.py), from the contract, checked
-  against the real server's /metrics by tests/runtime/test_metric_catalog.py;
+- the runtime (workloads/runtime: serve.py, train.py, batch.py), from the
+  contract, checked against the real programs' /metrics by
+  tests/runtime/test_metric_catalog.py;
 - the DCGM exporter, whose counters file the platform ships (DCGM_COUNTERS
   becomes its ConfigMap), so nothing outside this list is ever exported;
 - kube-state-metrics (the names below are from its documentation for v2.x,
@@ -72,7 +73,9 @@ def _series(metrics: dict[str, str]) -> set[str]:
 
 
 RUNTIME_SERIES: frozenset[str] = frozenset(
-    _series(contract.SERVE_METRICS) | _series(contract.TRAIN_METRICS)
+    _series(contract.SERVE_METRICS)
+    | _series(contract.TRAIN_METRICS)
+    | _series(contract.BATCH_METRICS)
 )
 
 
