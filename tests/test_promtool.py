@@ -85,7 +85,7 @@ def test_promtool_is_the_pinned_version() -> None:
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_every_stacks_rules_pass_promtool_lint(stack: str, tmp_path: Path) -> None:
-    assert preview.main(["--stack", stack, "--out", str(tmp_path)]) in (0, 1)
+    assert preview.main(["--stack", stack, "--out", str(tmp_path)]) == 0
     manifests = tmp_path / stack / "manifests" / "monitoring"
     rules = _rule_file(
         yaml.safe_load((manifests / "prometheusrule-mlplatform.yaml").read_text()),
