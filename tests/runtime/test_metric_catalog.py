@@ -7,6 +7,7 @@ import urllib.request
 from pathlib import Path
 
 from workloads import metric_catalog
+from workloads.runtime.batch import BatchMetrics
 from workloads.runtime.serve import InferenceServer, load_and_warm
 from workloads.runtime.telemetry import PrometheusSink
 
@@ -52,4 +53,19 @@ def test_trainer_exports_every_catalog_series() -> None:
         sink.close()
     wanted = {n for n in metric_catalog.RUNTIME_SERIES if n.startswith("mltrain_")}
     assert wanted, "the catalog lists training series"
+    assert wanted <= exported, sorted(wanted - exported)
+
+
+def test_batch_exports_every_catalog_series() -> None:
+    port = free_port()
+    metrics = BatchMetrics(port)
+    try:
+        metrics.shard_started(files=2)
+        metrics.written(8, files_done=1)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            exported = _series(response.read().decode())
+    finally:
+        metrics.close()
+    wanted = {n for n in metric_catalog.RUNTIME_SERIES if n.startswith("mlbatch_")}
+    assert wanted, "the catalog lists batch series"
     assert wanted <= exported, sorted(wanted - exported)

@@ -26,13 +26,25 @@ duplicated pod neither repeats nor loses records; a pod killed midway leaves
 no part (or the complete previous one) and its retry starts the shard over.
 Default id: "<file>:<line>". A record that is not valid JSON or does not fit
 the model stops the shard with exit 2, naming the file and line.
+
+Metrics (contract.BATCH_METRICS) on /metrics of --metrics-port (0, the
+default, disables them; the BatchInference component passes
+contract.BATCH_METRICS_PORT): records written, this shard's input files and
+how many are done, rows/s, the time of the last progress, and shards finished
+by outcome. A pod lives for one shard, so its last values would be lost
+between two scrapes: once Prometheus has scraped the pod at least once, the
+program waits (at most FINAL_SCRAPE_TIMEOUT_S) for one more scrape before it
+exits, failures included.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -44,6 +56,109 @@ from .contract import BATCH_MARKER_TEMPLATE, BATCH_OUTPUT_TEMPLATE, EXIT_OK
 from .device import DEVICE_CHOICES, configure_cpu_threads, select_device
 from .inference import InputError, Predictor, Sample, output_rows
 from .storage import Store, open_store
+
+log = logging.getLogger("mlruntime.batch")
+
+OUTCOMES = ("complete", "skipped", "failed")
+# Longer than two scrape intervals of the platform's batch PodMonitor (15 s).
+FINAL_SCRAPE_TIMEOUT_S = 35.0
+
+
+class BatchMetrics:
+    """The contract.BATCH_METRICS series, served on /metrics of `port` (0: not served)."""
+
+    def __init__(self, port: int = 0) -> None:
+        from prometheus_client import (  # noqa: PLC0415 (only when metrics are on)
+            CollectorRegistry,
+            Counter,
+            Gauge,
+            start_http_server,
+        )
+
+        self.registry = r = CollectorRegistry()
+        self.records = Counter("mlbatch_records", "Records predicted and written", registry=r)
+        self.shards = Counter(
+            "mlbatch_shards", "Shards this pod finished, by outcome", ["outcome"], registry=r
+        )
+        for outcome in OUTCOMES:  # every series exists from the start (rate() needs two points)
+            self.shards.labels(outcome)
+        self.rows_per_second = Gauge(
+            "mlbatch_rows_per_second",
+            "Records per second over this shard, since its first forward pass",
+            registry=r,
+        )
+        self.input_files = Gauge("mlbatch_input_files", "Input files of this shard", registry=r)
+        self.input_files_done = Gauge(
+            "mlbatch_input_files_done", "Input files of this shard fully processed", registry=r
+        )
+        self.last_progress = Gauge(
+            "mlbatch_last_progress_timestamp_seconds",
+            "Unix time of the start, then of each batch of records written",
+            registry=r,
+        )
+        self.last_progress.set_to_current_time()
+        self._started: float | None = None
+        self._written = 0
+        self._scrapes = 0
+        self._scraped = threading.Condition()
+        r.register(self)  # collect() below runs once per scrape: it counts them
+        self.server: Any = None
+        if port:
+            try:
+                self.server, _ = start_http_server(port, registry=r)
+            except OSError as exc:
+                log.warning("metrics disabled: cannot listen on port %d: %s", port, exc)
+
+    # -- the registry's view of this object: a collector with no series of its own
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        with self._scraped:
+            self._scrapes += 1
+            self._scraped.notify_all()
+        yield from ()
+
+    # -- progress
+    def shard_started(self, files: int) -> None:
+        self._started = time.monotonic()
+        self.input_files.set(files)
+        self.last_progress.set_to_current_time()
+
+    def written(self, rows: int, files_done: int) -> None:
+        """`rows` more records written; `files_done` input files are now complete."""
+        self._written += rows
+        self.records.inc(rows)
+        if self._started is not None:
+            elapsed = time.monotonic() - self._started
+            if elapsed > 0:
+                self.rows_per_second.set(self._written / elapsed)
+        self.input_files_done.set(files_done)
+        self.last_progress.set_to_current_time()
+
+    def finish(self, outcome: str, timeout: float = FINAL_SCRAPE_TIMEOUT_S) -> bool:
+        """Count the shard's outcome; if something scrapes us, wait for one more scrape.
+
+        Returns whether a scrape saw the final values (False when nothing ever
+        scraped this pod, or none came within `timeout`).
+        """
+        self.shards.labels(outcome).inc()
+        self.last_progress.set_to_current_time()
+        seen = False
+        with self._scraped:
+            before = self._scrapes
+            if self.server is not None and before > 0:
+                seen = self._scraped.wait_for(lambda: self._scrapes > before, timeout)
+        if seen:
+            time.sleep(0.2)  # let the handler finish writing the response
+        self.close()
+        return seen
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
 
 
 def shard_files(files: Sequence[str], index: int, count: int) -> list[str]:
@@ -75,6 +190,9 @@ def parse_args(argv: Sequence[str] | None) -> Any:
     parser.add_argument(
         "--num-shards", type=int, default=None, help="default: $JOB_COMPLETIONS or 1"
     )
+    parser.add_argument(
+        "--metrics-port", type=int, default=0, help="Prometheus /metrics; 0 (default) disables"
+    )
     args = parser.parse_args(argv)
     if args.shard_index is None:
         args.shard_index = _env_int("JOB_COMPLETION_INDEX", 0)
@@ -86,6 +204,8 @@ def parse_args(argv: Sequence[str] | None) -> Any:
         parser.error(f"shard index {args.shard_index} is not in [0, {args.num_shards})")
     if args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
+    if not 0 <= args.metrics_port <= 65535:
+        parser.error(f"--metrics-port {args.metrics_port} is not a port (0 disables)")
     if args.input.rstrip("/") == args.output.rstrip("/"):
         parser.error("--output must differ from --input (outputs would be read as inputs)")
     return args
@@ -130,11 +250,13 @@ def run_shard(
     batch_size: int,
     load_predictor: Callable[[], Predictor],
     model_name: str,
+    metrics: BatchMetrics | None = None,
 ) -> dict[str, Any]:
     """Process one shard unless its marker exists; returns the marker's contents.
 
     The model is loaded (`load_predictor`) only once the shard is known to
     need work: a retried pod whose shard is complete exits in a second.
+    `metrics`, when given, follows the progress (the outcome is the caller's).
     """
     part = BATCH_OUTPUT_TEMPLATE.format(index=index, count=count)
     marker = BATCH_MARKER_TEMPLATE.format(index=index, count=count)
@@ -147,6 +269,17 @@ def run_shard(
     predictor = load_predictor()
     digest = hashlib.sha256()
     records = 0
+    files_read = 0  # files whose every record is read; done once those are written
+    if metrics is not None:
+        metrics.shard_started(len(files))
+
+    def flush(stubs: list[dict[str, Any]], samples: list[Sample]) -> None:
+        nonlocal records
+        _write(handle, digest, stubs, predictor.predict(samples))
+        records += len(samples)
+        if metrics is not None:
+            metrics.written(len(samples), files_done=files_read)
+
     with output_store.publisher(part) as handle:
         stubs: list[dict[str, Any]] = []
         samples: list[Sample] = []
@@ -155,12 +288,13 @@ def run_shard(
                 stubs.append(stub)
                 samples.append(sample)
                 if len(samples) == batch_size:
-                    _write(handle, digest, stubs, predictor.predict(samples))
-                    records += len(samples)
+                    flush(stubs, samples)
                     stubs, samples = [], []
+            files_read += 1
+            if not samples and metrics is not None:
+                metrics.written(0, files_done=files_read)
         if samples:
-            _write(handle, digest, stubs, predictor.predict(samples))
-            records += len(samples)
+            flush(stubs, samples)
     summary = {
         "shard": index,
         "num_shards": count,
@@ -181,15 +315,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = select_device(args.device)
     if device.type == "cpu":
         configure_cpu_threads(args.threads or None)
-    run_shard(
-        open_store(args.input),
-        open_store(args.output),
-        index=args.shard_index,
-        count=args.num_shards,
-        batch_size=args.batch_size,
-        load_predictor=lambda: Predictor.load(args.model_dir, device),
-        model_name=str(args.model_dir),
-    )
+    metrics = BatchMetrics(args.metrics_port) if args.metrics_port else None
+    try:
+        summary = run_shard(
+            open_store(args.input),
+            open_store(args.output),
+            index=args.shard_index,
+            count=args.num_shards,
+            batch_size=args.batch_size,
+            load_predictor=lambda: Predictor.load(args.model_dir, device),
+            model_name=str(args.model_dir),
+            metrics=metrics,
+        )
+    except Exception:
+        if metrics is not None:
+            metrics.finish("failed")
+        raise
+    if metrics is not None:
+        metrics.finish("skipped" if summary.get("skipped") else "complete")
     return EXIT_OK
 
 

@@ -23,6 +23,9 @@ RUN_AS_GROUP = 10001
 # Ports.
 SERVE_PORT = 8080  # HTTP: inference, health and /metrics
 TRAIN_METRICS_PORT = 9090  # Prometheus /metrics of train.py (local rank 0 of each node)
+# Prometheus /metrics of batch.py. The same number as train.py's (the two never
+# share a pod), so a team's scrape network policy admits both.
+BATCH_METRICS_PORT = TRAIN_METRICS_PORT
 RENDEZVOUS_PORT = 29400  # torchrun c10d rendezvous (the TCPStore on node 0)
 
 # HTTP paths of serve.py.
@@ -61,6 +64,15 @@ TRAIN_METRICS = {
     "mltrain_samples_per_second": "gauge",
     "mltrain_gpu_memory_allocated_bytes": "gauge",
     "mltrain_checkpoints_total": "counter",
+}
+# batch.py: one pod (one shard) each; the PodMonitor adds job_name and shard.
+BATCH_METRICS = {
+    "mlbatch_records_total": "counter",  # records predicted and written
+    "mlbatch_shards_total": "counter",  # labels: outcome (complete|skipped|failed)
+    "mlbatch_rows_per_second": "gauge",  # this shard's mean since its first forward pass
+    "mlbatch_input_files": "gauge",  # input files of this shard
+    "mlbatch_input_files_done": "gauge",  # of which fully processed
+    "mlbatch_last_progress_timestamp_seconds": "gauge",  # start, then each batch written
 }
 
 # The exported-model directory that train.py writes and serve.py, batch.py and
