@@ -175,16 +175,15 @@ def render(preview: Preview) -> str:
         f"{builtin} manifests validated strictly (unknown fields are errors) against "
         f"Kubernetes {s.cluster.kubernetes_version}; {len(preview.schema_problems)} failed."
     )
-    if preview.crd_validated:
-        against = sorted(set(preview.crd_validated.values()))
-        out += [
-            "",
-            f"{len(preview.crd_validated)} custom resources validated against "
-            f"{'; '.join(against)} (structure, types and enums; unknown fields are not "
-            "checked by these models):",
-            "",
-        ]
-        out += [f"- `{path}`" for path in sorted(preview.crd_validated)]
+    for against in sorted(set(preview.crd_validated.values())):
+        paths = sorted(p for p, a in preview.crd_validated.items() if a == against)
+        note = (
+            ""
+            if "unknown fields are errors" in against
+            else " (structure, types and enums; unknown fields are not checked by these models)"
+        )
+        out += ["", f"{len(paths)} custom resources validated against {against}{note}:", ""]
+        out += [f"- `{path}`" for path in paths]
     for path, problems in sorted(preview.schema_problems.items()):
         for p in problems:
             out.append(f"- FAILED `{path}`: `{p.path}`: {p.message}")
