@@ -62,6 +62,7 @@ METRICS_SERVICE_LABELS = {
     "app.kubernetes.io/component": "metrics-service",
 }
 CPU_FLAVOR = "cpu"
+CAPACITY_ANNOTATION = f"{catalog.LABEL_PREFIX}/gpu-capacity"
 LOCAL_QUEUE = "default"  # the name Kueue defaults unlabelled jobs to
 BATCH_JOB = "batch/job"
 PYTORCH_JOB = "kubeflow.org/pytorchjob"
@@ -229,7 +230,13 @@ def resource_flavor(pool: QueuePool) -> dict[str, Any]:
         {
             "apiVersion": kueue_api.API_VERSION,
             "kind": "ResourceFlavor",
-            "metadata": {"name": pool.name, "labels": _labels(pool.name)},
+            "metadata": {
+                "name": pool.name,
+                "labels": _labels(pool.name),
+                # What the pool can ever provide: the policy rules check the
+                # nominal quotas and the jobs against it.
+                "annotations": {CAPACITY_ANNOTATION: str(pool.gpus)},
+            },
             "spec": {k: v for k, v in spec.items() if v},
         }
     )
