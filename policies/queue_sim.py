@@ -24,9 +24,9 @@ What Kueue does, and this module repeats (Kueue v0.19, `kueue.x-k8s.io/v1beta2`)
 
 A job whose demand exceeds that for every choice of flavors is never admitted:
 it waits in its queue forever. The admission order is Kueue's order within a
-cohort when everything is pending: higher priority first, then older (here:
-declaration order); each job is admitted if it fits beside those before it, or
-else waits.
+cohort when everything is pending: higher priority first, then older (here,
+where creation times are unknown: by name); each job is admitted if it fits
+beside those before it, or else waits.
 """
 
 from __future__ import annotations
@@ -414,7 +414,7 @@ def check(model: Model) -> list[Verdict]:
     verdicts: list[Verdict] = []
     usage: dict[str, dict[tuple[str, str], Decimal]] = {n: {} for n in model.cluster_queues}
     queued = [w for w in model.workloads if w.queue is not None]
-    for w in sorted(queued, key=lambda w: (-w.priority, w.order)):
+    for w in sorted(queued, key=lambda w: (-w.priority, w.label)):
         v = Verdict(w, position=len(verdicts) + 1)
         verdicts.append(v)
         cq_name = model.local_queues.get((w.namespace, str(w.queue)))
