@@ -11,7 +11,7 @@ import pulumi_aws as aws
 from infra.cluster import Cluster, ClusterArgs
 from infra.device_plugin import NvidiaDevicePlugin, NvidiaDevicePluginArgs
 from infra.gpu_nodes import GpuNodeGroup, GpuNodeGroupArgs
-from infra.queueing import Queueing
+from infra.queueing import METRICS_PORT_NAME, METRICS_SERVICE_LABELS, Queueing
 from infra.scheduling import PriorityClasses
 from infra.tenancy import TeamNamespace, TeamNamespaceArgs
 from mlplatform import queues
@@ -25,6 +25,7 @@ from workloads.distributed import (
 )
 from workloads.image import RuntimeImage, RuntimeImageArgs
 from workloads.monitoring import InferenceTarget, Monitoring, MonitoringArgs
+from workloads.queue_monitoring import QueueMonitoring, QueueMonitoringArgs
 from workloads.runtime import contract
 from workloads.serving import InferenceService, InferenceServiceArgs, InferenceServiceSpec
 from workloads.training import TrainingJob, TrainingJobArgs, TrainingJobSpec
@@ -146,6 +147,22 @@ class Platform(pulumi.ComponentResource):
                 node_groups={g.name: g.max_size for g in s.gpu_node_groups},
             ),
             opts=k8s_opts,
+        )
+        self.queue_monitoring = (
+            QueueMonitoring(
+                f"{name}-queue-monitoring",
+                QueueMonitoringArgs(
+                    monitoring_namespace=s.monitoring.namespace,
+                    kueue_namespace=s.queueing.namespace,
+                    pending_minutes=s.queueing.pending_alert_minutes,
+                    metrics_service_labels=METRICS_SERVICE_LABELS,
+                    metrics_port=METRICS_PORT_NAME,
+                    depends_on=[*self.monitoring.crd_dependencies, self.queueing.release],
+                ),
+                opts=k8s_opts,
+            )
+            if self.queueing is not None and s.queueing.active
+            else None
         )
         self.register_outputs(self.stack_outputs())
 

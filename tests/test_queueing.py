@@ -611,3 +611,59 @@ def test_a_job_that_tolerates_no_flavor_is_never_admitted() -> None:
     (finding,) = [f for f in p.findings if f["policy"] == "queue-admissible"]
     assert finding["resource"] == "research/Job/ft"
     assert "taints not tolerated" in finding["message"]
+
+
+# ---------------------------------------------------------------------------
+# Monitoring
+# ---------------------------------------------------------------------------
+
+
+def _names(expr: str) -> set[str]:
+    import promql_parser
+
+    names: set[str] = set()
+
+    def visit(node: Any) -> bool:
+        if isinstance(node, promql_parser.VectorSelector) and node.name:
+            names.add(node.name)
+        return True
+
+    promql_parser.walk(promql_parser.parse(expr), visit)
+    return names
+
+
+def test_kueue_metrics_are_scraped_alerted_on_and_charted(queued: Preview) -> None:
+    from infra.queueing import METRICS_PORT_NAME, METRICS_SERVICE_LABELS
+    from workloads import queue_monitoring
+
+    monitor = queued.run.manifest("ServiceMonitor", "kueue", "monitoring")
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["kueue-system"]}
+    assert monitor["spec"]["selector"] == {"matchLabels": METRICS_SERVICE_LABELS}
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == METRICS_PORT_NAME and endpoint["scheme"] == "https"
+
+    rule = queued.run.manifest("PrometheusRule", "mlplatform-queueing", "monitoring")
+    ((alert,),) = [g["rules"] for g in rule["spec"]["groups"]]
+    assert alert["alert"] == "KueueWorkloadPendingTooLong"
+    assert alert["for"] == f"{queued.settings.queueing.pending_alert_minutes}m"
+    assert _names(alert["expr"]) <= queue_monitoring.KUEUE_SERIES
+
+    cm = queued.run.manifest("ConfigMap", queue_monitoring.DASHBOARD.uid, "monitoring")
+    dashboard = json.loads(cm["data"][f"{queue_monitoring.DASHBOARD.uid}.json"])
+    (panel,) = dashboard["panels"]
+    for target in panel["targets"]:
+        assert _names(target["expr"]) <= queue_monitoring.KUEUE_SERIES
+    # Custom resources of the monitoring CRDs wait for the release that installs them.
+    record = queued.run.one(
+        "kubernetes:monitoring.coreos.com/v1:PrometheusRule", "mlplatform-queue-monitoring-rules"
+    )
+    assert "mlplatform-monitoring-stack" in record.options["dependsOn"]
+    assert "mlplatform-queueing-kueue" in record.options["dependsOn"]
+
+
+def test_pending_alert_threshold_is_configurable() -> None:
+    from workloads import queue_monitoring
+
+    group = queue_monitoring.alert_group(45)
+    assert group["rules"][0]["for"] == "45m"
+    assert "[45m]" in group["rules"][0]["expr"]
