@@ -268,8 +268,8 @@ def read(resources: Iterable[Any]) -> Model:
         if wpc := labels.get(PRIORITY_LABEL):
             priority = wpcs.get(wpc, 0)
         else:
-            names = {ps.spec.get("priorityClassName") for ps in sets} - {None}
-            priority = max((pcs.get(str(n), 0) for n in names), default=0)
+            classes = {ps.spec.get("priorityClassName") for ps in sets} - {None}
+            priority = max((pcs.get(str(n), 0) for n in classes), default=0)
         workloads.append(
             Workload(res.label, ns, queue, explicit, priority, len(workloads), sets, gpus, res)
         )
