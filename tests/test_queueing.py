@@ -667,3 +667,17 @@ def test_pending_alert_threshold_is_configurable() -> None:
     group = queue_monitoring.alert_group(45)
     assert group["rules"][0]["for"] == "45m"
     assert "[45m]" in group["rules"][0]["expr"]
+
+
+def test_plan_shows_the_queueing_table_and_warns_when_serving_has_no_room(queued: Preview) -> None:
+    from tools import plan
+
+    text = plan.render(queued)
+    assert "## Queueing" in text
+    assert "| vision | l40s | 2 | 1 | all |" in text
+    assert "| 1 | `vision/CronJob/nightly` | 100000 |" in text
+    # The ranker's 2 GPUs at minReplicas; 1 L40S is left outside the queues.
+    assert "More than the 1 GPUs outside the queues" in text
+    config = queued_config()
+    config["mlplatform:queueing"]["teams"]["vision"] = {"l40s": {"gpus": 1}}
+    assert "would compete for nodes" not in plan.render(preview(config))

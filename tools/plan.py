@@ -249,11 +249,27 @@ def _queueing(preview: Preview) -> list[str]:
     out += ["", "Pools:", ""]
     out += _table(["pool", "GPUs", "nominal (queued)", "not in any queue"], pools)
     serving = sum(w.pods * w.gpus for w in s.workloads if w.kind == "inference")
+    outside = sum((f.gpu_capacity for f in model.flavors.values() if f.gpu_capacity), start=0)
+    outside -= sum(
+        (
+            q.nominal
+            for cq in model.cluster_queues.values()
+            for (_, r), q in cq.quotas.items()
+            if r == gpu
+        ),
+        start=0,
+    )
+    warning = (
+        f" **More than the {outside:g} GPUs outside the queues: admitted jobs and serving "
+        "would compete for nodes.**"
+        if serving > outside
+        else ""
+    )
     out += [
         "",
         f"Serving is not queued (it scales with its traffic): its {serving} GPUs at minReplicas "
         "come out of the GPUs not in any queue and out of the team ResourceQuotas, which Kueue "
-        "does not see. CPU and memory are queued too, as flavor `cpu`, at each team's "
+        f"does not see.{warning} CPU and memory are queued too, as flavor `cpu`, at each team's "
         "ResourceQuota.",
         "",
         "Jobs in admission order (all pending at once: higher priority first, then by name):",
