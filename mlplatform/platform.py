@@ -11,8 +11,10 @@ import pulumi_aws as aws
 from infra.cluster import Cluster, ClusterArgs
 from infra.device_plugin import NvidiaDevicePlugin, NvidiaDevicePluginArgs
 from infra.gpu_nodes import GpuNodeGroup, GpuNodeGroupArgs
+from infra.queueing import METRICS_PORT_NAME, METRICS_SERVICE_LABELS, Queueing
 from infra.scheduling import PriorityClasses
 from infra.tenancy import TeamNamespace, TeamNamespaceArgs
+from mlplatform import queues
 from mlplatform.settings import PlatformSettings
 from workloads.batch import BatchInference, BatchInferenceArgs, BatchInferenceSpec
 from workloads.common import WorkloadContext
@@ -23,6 +25,7 @@ from workloads.distributed import (
 )
 from workloads.image import RuntimeImage, RuntimeImageArgs
 from workloads.monitoring import InferenceTarget, Monitoring, MonitoringArgs
+from workloads.queue_monitoring import QueueMonitoring, QueueMonitoringArgs
 from workloads.runtime import contract
 from workloads.serving import InferenceService, InferenceServiceArgs, InferenceServiceSpec
 from workloads.training import TrainingJob, TrainingJobArgs, TrainingJobSpec
@@ -110,6 +113,15 @@ class Platform(pulumi.ComponentResource):
             )
             for team in s.teams
         }
+        self.queueing = (
+            Queueing(
+                f"{name}-queueing",
+                queues.queueing_args(s, {n: [t.namespace_resource] for n, t in self.teams.items()}),
+                opts=k8s_opts,
+            )
+            if s.queueing.enabled
+            else None
+        )
         self.runtime_image = (
             RuntimeImage(
                 f"{name}-runtime-image", RuntimeImageArgs(settings=s.runtime_image), opts=aws_opts
@@ -136,6 +148,22 @@ class Platform(pulumi.ComponentResource):
             ),
             opts=k8s_opts,
         )
+        self.queue_monitoring = (
+            QueueMonitoring(
+                f"{name}-queue-monitoring",
+                QueueMonitoringArgs(
+                    monitoring_namespace=s.monitoring.namespace,
+                    kueue_namespace=s.queueing.namespace,
+                    pending_minutes=s.queueing.pending_alert_minutes,
+                    metrics_service_labels=METRICS_SERVICE_LABELS,
+                    metrics_port=METRICS_PORT_NAME,
+                    depends_on=[*self.monitoring.crd_dependencies, self.queueing.release],
+                ),
+                opts=k8s_opts,
+            )
+            if self.queueing is not None and s.queueing.active
+            else None
+        )
         self.register_outputs(self.stack_outputs())
 
     def _workload(self, name: str, spec: object, opts: pulumi.ResourceOptions) -> Workload:
@@ -158,7 +186,8 @@ class Platform(pulumi.ComponentResource):
             mlflow_tracking_uri=s.mlflow.tracking_uri,
             team_allows_https_egress=team_settings.network.allow_https_egress,
             team_allows_intra_namespace=team_settings.network.allow_intra_namespace,
-            depends_on=(team, self.priority_classes),
+            depends_on=(team, self.priority_classes, *self._queue_dependencies(spec.team)),
+            queue_name=queues.queue_name(s, spec),
         )
         resource_name = f"{name}-{spec.team}-{spec.name}"
         if isinstance(spec, TrainingJobSpec):
@@ -168,6 +197,13 @@ class Platform(pulumi.ComponentResource):
         if isinstance(spec, InferenceServiceSpec):
             return InferenceService(resource_name, InferenceServiceArgs(spec, ctx), opts=opts)
         return BatchInference(resource_name, BatchInferenceArgs(spec, ctx), opts=opts)
+
+    def _queue_dependencies(self, team: str) -> list[pulumi.Resource]:
+        """A queued job waits for its LocalQueue (and so for Kueue's webhooks)."""
+        if self.queueing is None:
+            return []
+        lq = self.queueing.local_queue_resources.get(team)
+        return [lq] if lq is not None else [self.queueing.release]
 
     def stack_outputs(self) -> dict[str, Any]:
         s = self.settings

@@ -31,7 +31,8 @@ from infra import catalog
 from infra.cluster import ClusterSettings
 from infra.config_types import DnsLabel, FieldProblems, Loc, _Model, unknown_key_message
 from infra.device_plugin import DevicePluginSettings
-from infra.gpu_nodes import GpuNodeGroupSettings
+from infra.gpu_nodes import GpuNodeGroupSettings, advertised_gpus
+from infra.queueing import CPU_FLAVOR, LOCAL_QUEUE, QueueingSettings, check_team_quotas
 from infra.scheduling import SchedulingSettings
 from infra.tenancy import TeamSettings
 from policies import rules
@@ -142,6 +143,9 @@ class PlatformSettings(_Model):
         default_factory=MlflowSettings, description="Experiment tracking."
     )
     policy: PolicySettings = Field(default_factory=PolicySettings, description="Policy thresholds.")
+    queueing: QueueingSettings = Field(
+        default_factory=QueueingSettings, description="Job queueing with Kueue."
+    )
     workloads: list[WorkloadSettings] = Field(
         [],
         description="Workloads, each with `kind`: `training`, `distributed`, `inference` "
@@ -213,6 +217,7 @@ class PlatformSettings(_Model):
                         )
                     )
         problems += self._check_workloads()
+        problems += self._check_queueing()
         if problems:
             raise FieldProblems(problems)
         return self
@@ -316,7 +321,79 @@ class PlatformSettings(_Model):
                 )
         return problems
 
+    def _check_queueing(self) -> list[tuple[Loc, str]]:
+        q = self.queueing
+        problems: list[tuple[Loc, str]] = []
+        for i, w in enumerate(self.workloads):
+            if w.queue is None:
+                continue
+            at: Loc = ("workloads", i, "queue")
+            if w.kind == "inference":
+                problems.append((at, "serving is not queued (it scales with its traffic)"))
+            elif not q.active:
+                problems.append((at, "queueing is off (mlplatform:queueing.enabled)"))
+            elif w.queue != LOCAL_QUEUE:
+                problems.append(
+                    (
+                        at,
+                        f"no LocalQueue {w.queue!r} in namespace {w.team!r}; "
+                        f"its queues: {LOCAL_QUEUE}",
+                    )
+                )
+        if not q.active:
+            return problems
+        for i, w in enumerate(self.workloads):
+            if w.mig_profile and w.kind != "inference":
+                problems.append(
+                    (
+                        ("workloads", i, "migProfile"),
+                        "queued jobs ask for whole GPUs: the ClusterQueues cover "
+                        f"{catalog.GPU_RESOURCE} only",
+                    )
+                )
+        pools = {p.name: p for p in self.gpu_pools}
+        for i, group in enumerate(self.gpu_node_groups):
+            if group.name == CPU_FLAVOR:
+                problems.append(
+                    (
+                        ("gpuNodeGroups", i, "name"),
+                        f"{CPU_FLAVOR!r} is a Kueue flavor of the platform",
+                    )
+                )
+        for i, n in enumerate(self.cluster.existing_gpu_nodes):
+            if n.name == CPU_FLAVOR:
+                problems.append(
+                    (
+                        ("cluster", "existingGpuNodes", i, "name"),
+                        f"{CPU_FLAVOR!r} is a Kueue flavor of the platform",
+                    )
+                )
+            if n.accelerator is None:
+                problems.append(
+                    (
+                        ("cluster", "existingGpuNodes", i, "accelerator"),
+                        "required with queueing: the pool's ResourceFlavor steers admitted "
+                        "pods to these nodes by this label",
+                    )
+                )
+        capacity = {name: self.pool_gpus(name) for name in pools}
+        quotas = {t.name: t.quota.gpus for t in self.teams}
+        problems += [
+            (("queueing", *loc), msg) for loc, msg in check_team_quotas(q, capacity, quotas)
+        ]
+        return problems
+
     # Derived facts -------------------------------------------------------
+
+    def pool_gpus(self, name: str) -> int:
+        """`nvidia.com/gpu` a GPU pool can ever advertise (time-slicing included)."""
+        for g in self.gpu_node_groups:
+            if g.name == name:
+                return g.max_size * advertised_gpus(g, self.device_plugin)
+        for n in self.cluster.existing_gpu_nodes:
+            if n.name == name:
+                return n.count * n.gpus_per_node
+        raise KeyError(name)
 
     @property
     def gpu_pools(self) -> list[GpuPool]:

@@ -158,6 +158,78 @@ JOB_OK = k8s(
 LB = k8s("Service", "svc", {"type": "LoadBalancer", "ports": [{"port": 80}]}, api="v1")
 
 # rule -> (compliant resources, violating resources, words in the violation)
+
+# Kueue objects as the queueing rules see them.
+KUEUE = "kueue.x-k8s.io/v1beta2"
+QUEUE_LABEL = {"kueue.x-k8s.io/queue-name": "default"}
+
+
+def kueue(
+    kind: str,
+    name: str,
+    body: dict[str, Any],
+    namespace: str | None = None,
+    annotations: dict[str, str] | None = None,
+) -> Resource:
+    meta: dict[str, Any] = {"name": name, "annotations": annotations or {}}
+    if namespace:
+        meta["namespace"] = namespace
+    return Resource(
+        f"kubernetes:{KUEUE}:{kind}",
+        f"r-{kind}-{name}",
+        {"apiVersion": KUEUE, "kind": kind, "metadata": meta, **body},
+    )
+
+
+def flavor(name: str = "gpu", capacity: int = 8) -> Resource:
+    spec = {
+        "nodeLabels": {"mlplatform.io/node-group": name},
+        "nodeTaints": [{"key": "nvidia.com/gpu", "value": "true", "effect": "NoSchedule"}],
+    }
+    return kueue(
+        "ResourceFlavor",
+        name,
+        {"spec": spec},
+        annotations={"mlplatform.io/gpu-capacity": str(capacity)},
+    )
+
+
+def cluster_queue(name: str, nominal: int, borrowing: int | None = 0) -> Resource:
+    gpu: dict[str, Any] = {"name": "nvidia.com/gpu", "nominalQuota": str(nominal)}
+    if borrowing is not None:
+        gpu["borrowingLimit"] = str(borrowing)
+    cpu = [
+        {"name": r, "nominalQuota": v, "borrowingLimit": "0"}
+        for r, v in (("cpu", "100"), ("memory", "1Ti"))
+    ]
+    spec = {
+        "cohortName": "c",
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": name}},
+        "resourceGroups": [
+            {
+                "coveredResources": ["nvidia.com/gpu"],
+                "flavors": [{"name": "gpu", "resources": [gpu]}],
+            },
+            {"coveredResources": ["cpu", "memory"], "flavors": [{"name": "cpu", "resources": cpu}]},
+        ],
+    }
+    return kueue("ClusterQueue", name, {"spec": spec})
+
+
+def queued_job(
+    gpus: int, pods: int = 1, labels: dict[str, str] | None = None, suspend: bool = True
+) -> Resource:
+    spec = {"parallelism": pods, "suspend": suspend, "template": template(gpus)}
+    return k8s("Job", "j", spec, api="batch/v1", labels=QUEUE_LABEL if labels is None else labels)
+
+
+QUEUES = [
+    flavor(),
+    kueue("ResourceFlavor", "cpu", {"spec": {}}),
+    cluster_queue("team", 8),
+    kueue("LocalQueue", "default", {"spec": {"clusterQueue": "team"}}, namespace="team"),
+]
+
 CASES: dict[str, tuple[list[Resource], list[Resource], str]] = {
     "gpu-in-limits": ([deploy(template(1))], [deploy(with_requests_only())], "sets no limit"),
     "gpu-per-pod-max": ([deploy(template(4))], [deploy(template(5))], "allows 4"),
@@ -290,6 +362,26 @@ CASES: dict[str, tuple[list[Resource], list[Resource], str]] = {
         [k8s("Service", "svc", {"type": "ClusterIP"}, api="v1")],
         [LB],
         "LoadBalancer",
+    ),
+    "queue-gpu-jobs": (
+        [NS, *QUEUES, queued_job(1)],
+        [NS, *QUEUES, queued_job(1, labels={}), queued_job(1, suspend=False)],
+        "without the kueue.x-k8s.io/queue-name label",
+    ),
+    "queue-nominal-capacity": (
+        [flavor(capacity=8), cluster_queue("a", 4), cluster_queue("b", 4)],
+        [flavor(capacity=8), cluster_queue("a", 6), cluster_queue("b", 4)],
+        "add up to 10; the pool provides 8",
+    ),
+    "queue-borrowing-cohort": (
+        [flavor(), cluster_queue("a", 4, borrowing=2), cluster_queue("b", 4)],
+        [flavor(), cluster_queue("a", 4, borrowing=None), cluster_queue("b", 4)],
+        "unlimited borrowing of nvidia.com/gpu in 'gpu' reaches the cohort's whole 8",
+    ),
+    "queue-admissible": (
+        [*QUEUES, queued_job(4, pods=2)],
+        [*QUEUES, queued_job(4, pods=3)],
+        "needs 12 nvidia.com/gpu in 'gpu' (at most 8",
     ),
 }
 
@@ -434,7 +526,9 @@ def _preview(
 def test_violating_stack_fails_with_exactly_the_expected_rules(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, findings, plan = _preview(tmp_path, base_config(), FIXTURES / "violating_program.py")
+    # The one advisory rule, made mandatory here so that every finding fails.
+    config = base_config(policy={"enforcement": {"queue-borrowing-cohort": "mandatory"}})
+    code, findings, plan = _preview(tmp_path, config, FIXTURES / "violating_program.py")
     assert code == 1
     assert {f["policy"] for f in findings} == set(rules.RULE_NAMES)
     assert all(f["level"] == "mandatory" for f in findings)

@@ -5,6 +5,10 @@ that version's Go API). The Makefile installs the package into .tools/ (pinned).
 
 These models check structure, types and enums, not unknown fields (the API
 server prunes fields a CRD does not know); plan.md says so.
+
+Kueue publishes no such package: its objects are validated against the
+project's pydantic models of the pinned version (infra/kueue_api.py), which do
+reject unknown fields.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from infra import kueue_api
 from tools.schema import SchemaProblem
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,9 +40,23 @@ class CrdReport:
     unvalidated: dict[str, str]  # path -> why not
 
 
+KUEUE_MODELS = (
+    f"Kueue {kueue_api.KUEUE_VERSION} models (infra/kueue_api.py, from the "
+    f"{kueue_api.API_VERSION} API; unknown fields are errors)"
+)
+
+
 def validate(manifests: dict[str, dict[str, Any]]) -> CrdReport:
-    """Validate custom resources (path -> manifest) whose group we have models for."""
+    """Validate custom resources (path -> manifest) whose group we have models for:
+    Kueue's with the project's own models, prometheus-operator's with npm's."""
     report = CrdReport({}, {}, {})
+    kueue = {p: m for p, m in manifests.items() if kueue_api.has_model(m)}
+    for path, m in kueue.items():
+        report.validated[path] = KUEUE_MODELS
+        problems = kueue_api.validate(m)
+        if problems:
+            report.problems[path] = [SchemaProblem(where, msg) for where, msg in problems]
+    manifests = {p: m for p, m in manifests.items() if p not in kueue}
     known = {p: m for p, m in manifests.items() if m.get("apiVersion") in MODELS}
     for path, m in manifests.items():
         if path not in known:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections import Counter
 
+from infra import catalog
 from infra.gpu_nodes import advertised_gpus
+from policies import queue_sim
+from tools.policy import resources
 from tools.result import Preview
 
 
@@ -136,6 +139,8 @@ def render(preview: Preview) -> str:
     else:
         out.append("None.")
 
+    out += _queueing(preview)
+
     releases = [r for r in run.records if r.type == "kubernetes:helm.sh/v3:Release"]
     if releases:
         out += ["", "## Helm releases", ""]
@@ -175,16 +180,15 @@ def render(preview: Preview) -> str:
         f"{builtin} manifests validated strictly (unknown fields are errors) against "
         f"Kubernetes {s.cluster.kubernetes_version}; {len(preview.schema_problems)} failed."
     )
-    if preview.crd_validated:
-        against = sorted(set(preview.crd_validated.values()))
-        out += [
-            "",
-            f"{len(preview.crd_validated)} custom resources validated against "
-            f"{'; '.join(against)} (structure, types and enums; unknown fields are not "
-            "checked by these models):",
-            "",
-        ]
-        out += [f"- `{path}`" for path in sorted(preview.crd_validated)]
+    for against in sorted(set(preview.crd_validated.values())):
+        paths = sorted(p for p, a in preview.crd_validated.items() if a == against)
+        note = (
+            ""
+            if "unknown fields are errors" in against
+            else " (structure, types and enums; unknown fields are not checked by these models)"
+        )
+        out += ["", f"{len(paths)} custom resources validated against {against}{note}:", ""]
+        out += [f"- `{path}`" for path in paths]
     for path, problems in sorted(preview.schema_problems.items()):
         for p in problems:
             out.append(f"- FAILED `{path}`: `{p.path}`: {p.message}")
@@ -192,3 +196,108 @@ def render(preview: Preview) -> str:
         out += ["", "Not validated:", ""]
         out += [f"- `{path}`: {reason}" for path, reason in sorted(preview.unvalidated.items())]
     return "\n".join(out) + "\n"
+
+
+def _limit(q: queue_sim.Quota | None) -> str:
+    if q is None:
+        return "-"
+    return "unlimited" if q.borrowing is None else f"{q.borrowing:g}"
+
+
+def _queueing(preview: Preview) -> list[str]:
+    """Per team and pool: nominal, borrowing and lending GPUs; per queued job: its
+    queue, flavor, whether it fits the team's nominal quota alone, and where it
+    stands in the admission order (policies/queue_sim.py)."""
+    s = preview.settings
+    out = ["", "## Queueing", ""]
+    if not s.queueing.enabled:
+        return [*out, "Off: jobs are admitted by the team ResourceQuotas alone (no queue)."]
+    if not s.queueing.active:
+        return [*out, "Kueue installed (`installOnly`): no queues yet, jobs are not queued."]
+    model = queue_sim.read(resources(preview.run))
+    gpu = catalog.GPU_RESOURCE
+    rows: list[list[str]] = []
+    for cq in model.cluster_queues.values():
+        for flavor in cq.flavors():
+            q = cq.quotas.get((flavor, gpu))
+            if q is None:
+                continue
+            rows.append(
+                [
+                    cq.name,
+                    flavor,
+                    f"{q.nominal:g}",
+                    _limit(q),
+                    "all" if q.lending is None else f"{q.lending:g}",
+                ]
+            )
+    out += _table(["team", "pool (flavor)", "nominal GPUs", "borrowing limit", "lendable"], rows)
+    pools = []
+    for name, f in sorted(model.flavors.items()):
+        if f.gpu_capacity is None:
+            continue
+        nominal = sum(
+            (
+                q.nominal
+                for cq in model.cluster_queues.values()
+                for (fl, r), q in cq.quotas.items()
+                if fl == name and r == gpu
+            ),
+            start=queue_sim.Decimal(0),
+        )
+        pools.append([name, f"{f.gpu_capacity:g}", f"{nominal:g}", f"{f.gpu_capacity - nominal:g}"])
+    out += ["", "Pools:", ""]
+    out += _table(["pool", "GPUs", "nominal (queued)", "not in any queue"], pools)
+    serving = sum(w.pods * w.gpus for w in s.workloads if w.kind == "inference")
+    outside = sum((f.gpu_capacity for f in model.flavors.values() if f.gpu_capacity), start=0)
+    outside -= sum(
+        (
+            q.nominal
+            for cq in model.cluster_queues.values()
+            for (_, r), q in cq.quotas.items()
+            if r == gpu
+        ),
+        start=0,
+    )
+    warning = (
+        f" **More than the {outside:g} GPUs outside the queues: admitted jobs and serving "
+        "would compete for nodes.**"
+        if serving > outside
+        else ""
+    )
+    out += [
+        "",
+        f"Serving is not queued (it scales with its traffic): its {serving} GPUs at minReplicas "
+        "come out of the GPUs not in any queue and out of the team ResourceQuotas, which Kueue "
+        f"does not see.{warning} CPU and memory are queued too, as flavor `cpu`, at each team's "
+        "ResourceQuota.",
+        "",
+        "Jobs in admission order (all pending at once: higher priority first, then by name):",
+        "",
+    ]
+    rows = []
+    for v in queue_sim.check(model):
+        w = v.workload
+        if v.never:
+            status = f"**never**: {v.never}"
+        elif v.admitted_at_once:
+            status = "admitted at once"
+        else:
+            status = "waits for capacity"
+        rows.append(
+            [
+                str(v.position),
+                f"`{w.label}`",
+                str(w.priority),
+                f"{w.namespace}/{w.queue} -> {v.cluster_queue or '-'}",
+                ", ".join(sorted(set(v.flavors.values()))) or "-",
+                str(w.gpus),
+                "-" if v.never else ("yes" if v.fits_nominal else "no (borrows)"),
+                status,
+            ]
+        )
+    out += _table(
+        ["#", "job", "priority", "queue", "flavor", "GPUs", "fits nominal alone", "admission"],
+        rows,
+    )
+    return out

@@ -178,6 +178,7 @@ class BatchInference(pulumi.ComponentResource):
             },
             "podReplacementPolicy": "Failed",
             "template": template,
+            **common.suspended(ctx),
         }
         self.job = k8s.batch.v1.Job(
             f"{name}-job",

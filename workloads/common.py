@@ -17,7 +17,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from infra import catalog, meta, pod, quantity
+from infra import catalog, kueue_api, meta, pod, quantity
 from infra.config_types import DnsLabel, FieldProblems, Loc, PriorityClassName, Quantity, _Model
 from workloads.runtime import contract
 
@@ -143,6 +143,11 @@ class WorkloadSpec(_Model):
         "1Gi",
         description="Size of the writable /tmp emptyDir (the root filesystem is read-only).",
     )
+    queue: DnsLabel | None = Field(
+        None,
+        description="Kueue LocalQueue of the team namespace the job waits in. Default, when "
+        "`mlplatform:queueing` is on: the team's `default` queue. Serving is never queued.",
+    )
 
     @field_validator("secret_env")
     @classmethod
@@ -259,6 +264,9 @@ class WorkloadContext:
     # What every object of the workload waits for (the team namespace, the
     # priority classes): a component's dependencies do not reach its children.
     depends_on: Sequence[pulumi.Resource] = ()
+    # The Kueue LocalQueue the workload's jobs wait in; None: not queued
+    # (queueing off, or serving).
+    queue_name: str | None = None
 
     def opts(
         self, parent: pulumi.Resource, *after: pulumi.Resource, **kw: Any
@@ -276,11 +284,33 @@ NO_CPU_LIMIT = meta.checkov_skips(
 )
 
 
+def queue_labels(spec: WorkloadSpec, ctx: WorkloadContext) -> dict[str, str]:
+    """The labels that put a job in its Kueue queue, at its platform priority
+    (the WorkloadPriorityClasses carry the PriorityClasses' names and values);
+    empty when the workload is not queued."""
+    if ctx.queue_name is None:
+        return {}
+    return {
+        kueue_api.QUEUE_NAME_LABEL: ctx.queue_name,
+        kueue_api.PRIORITY_CLASS_LABEL: spec.priority_class,
+    }
+
+
+def suspended(ctx: WorkloadContext) -> dict[str, Any]:
+    """`suspend: true` for a queued Job: it is created suspended and Kueue
+    unsuspends it once the whole job is admitted (Kueue's webhook would set it
+    too; saying it here means no pod can start if the webhook is bypassed)."""
+    return {"suspend": True} if ctx.queue_name is not None else {}
+
+
 def object_metadata(
     spec: WorkloadSpec, ctx: WorkloadContext, labels: Mapping[str, str], name: str | None = None
 ) -> dict[str, Any]:
-    """Metadata of a workload's Job, CronJob or Deployment."""
-    return meta.metadata(name or spec.name, dict(labels), ctx.namespace, NO_CPU_LIMIT)
+    """Metadata of a workload's Job, CronJob or Deployment (with the queue labels
+    of a queued job)."""
+    return meta.metadata(
+        name or spec.name, {**labels, **queue_labels(spec, ctx)}, ctx.namespace, NO_CPU_LIMIT
+    )
 
 
 def workload_labels(spec: WorkloadSpec, component: str, **extra: str) -> dict[str, str]:

@@ -214,6 +214,8 @@ class DistributedTraining(pulumi.ComponentResource):
                     # Never two pods with one index (and one hostname) at a time.
                     "podReplacementPolicy": "Failed",
                     "template": template,
+                    # One Kueue workload: all the ranks are admitted together.
+                    **common.suspended(ctx),
                 },
                 opts=replace,
             )
@@ -245,11 +247,14 @@ class DistributedTraining(pulumi.ComponentResource):
                 f"{name}-pytorchjob",
                 api_version="kubeflow.org/v1",
                 kind="PyTorchJob",
-                metadata=meta.metadata(spec.name, labels, ctx.namespace),
+                metadata=meta.metadata(
+                    spec.name, {**labels, **common.queue_labels(spec, ctx)}, ctx.namespace
+                ),
                 spec={
                     "nprocPerNode": str(spec.procs_per_node),
                     "runPolicy": {
                         "cleanPodPolicy": "Running",
+                        **common.suspended(ctx),
                         "backoffLimit": spec.backoff_limit,
                         "activeDeadlineSeconds": spec.active_deadline_seconds,
                         "ttlSecondsAfterFinished": spec.ttl_seconds_after_finished,

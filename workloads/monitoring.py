@@ -220,6 +220,8 @@ class Monitoring(pulumi.ComponentResource):
             crd_deps.append(stack)
             self.installed_stack = f"{STACK_CHART} {STACK_CHART_VERSION}"
         cr_opts = pulumi.ResourceOptions(parent=self, depends_on=crd_deps)
+        # What other components' monitors and rules wait for (the CRDs' release).
+        self.crd_dependencies: list[pulumi.Resource] = list(crd_deps)
 
         if s.dcgm_exporter:
             self._dcgm_exporter(name, s)

@@ -307,6 +307,7 @@ class TrainingJob(pulumi.ComponentResource):
             # writing the same checkpoint directory).
             "podReplacementPolicy": "Failed",
             "template": template,
+            **common.suspended(ctx),
         }
         metadata = common.object_metadata(spec, ctx, labels)
         # Job templates are immutable: a change replaces the Job, and the fixed
@@ -323,7 +324,11 @@ class TrainingJob(pulumi.ComponentResource):
                     "startingDeadlineSeconds": spec.starting_deadline_seconds,
                     "successfulJobsHistoryLimit": 3,
                     "failedJobsHistoryLimit": 3,
-                    "jobTemplate": {"metadata": {"labels": labels}, "spec": job_spec},
+                    # Kueue reads the queue label on each Job the CronJob creates.
+                    "jobTemplate": {
+                        "metadata": {"labels": {**labels, **common.queue_labels(spec, ctx)}},
+                        "spec": job_spec,
+                    },
                 },
                 opts=ctx.opts(self, sa),
             )
