@@ -116,6 +116,8 @@ class Platform(pulumi.ComponentResource):
                     max_gpus_per_container=s.max_gpus_per_container(team),
                     monitoring_namespace=s.monitoring.namespace,
                     metrics_ports=(contract.SERVE_PORT, contract.TRAIN_METRICS_PORT),
+                    serving_ports=(contract.SERVE_PORT,),
+                    cluster_cidrs=(s.cluster.vpc.cidr,) if s.cluster.mode == "create" else (),
                 ),
                 opts=k8s_opts,
             )
