@@ -291,6 +291,27 @@ class PlatformSettings(_Model):
                     f"(pinned: {', '.join(cluster_autoscaler.IMAGES)}); name an image",
                 )
             )
+        # Settings of the autoscaler the stack does not run would mean nothing.
+        if auto != "karpenter":
+            if cap.karpenter.model_fields_set:
+                problems.append(
+                    (("capacity", "karpenter"), f"Karpenter settings, but the autoscaler is {auto}")
+                )
+            for i, g in enumerate(self.gpu_node_groups):
+                if "role" in g.model_fields_set:
+                    problems.append(
+                        (
+                            ("gpuNodeGroups", i, "role"),
+                            f"only Karpenter's consolidation uses it (the autoscaler is {auto})",
+                        )
+                    )
+        if auto != "cluster-autoscaler" and cap.cluster_autoscaler.model_fields_set:
+            problems.append(
+                (
+                    ("capacity", "clusterAutoscaler"),
+                    f"Cluster Autoscaler settings, but the autoscaler is {auto}",
+                )
+            )
         why = {
             "cluster-autoscaler": "the Cluster Autoscaler never grows a group past maxSize",
             "karpenter": "the NodePool's GPU limit would be 0",

@@ -41,9 +41,11 @@ def karpenter_run() -> Run:
 
 @pytest.fixture(scope="module")
 def ca_run() -> Run:
+    # `role` is Karpenter's: the Cluster Autoscaler stack leaves it out.
+    groups = [{k: v for k, v in g.items() if k != "role"} for g in GROUPS]
     return run(
         base_config(
-            gpuNodeGroups=GROUPS,
+            gpuNodeGroups=groups,
             teams=[{"name": "vision", "quota": {"gpus": 12}}],
             capacity={"autoscaler": "cluster-autoscaler"},
         )
@@ -373,6 +375,42 @@ def _problems(config: dict[str, Any]) -> str:
         (
             {"cluster": {"mode": "create", "networkPolicyEnforced": False}},
             "mlplatform:cluster.networkPolicyEnforced",
+        ),
+        (
+            {
+                "capacity": {
+                    "autoscaler": "cluster-autoscaler",
+                    "karpenter": {"amiVersion": "latest"},
+                },
+            },
+            "mlplatform:capacity.karpenter",
+        ),
+        (
+            {
+                "capacity": {
+                    "autoscaler": "karpenter",
+                    "clusterAutoscaler": {"expander": "random"},
+                },
+            },
+            "mlplatform:capacity.clusterAutoscaler",
+        ),
+        (
+            {
+                "capacity": {"autoscaler": "cluster-autoscaler"},
+                "gpuNodeGroups": [
+                    {"name": "g", "instanceTypes": ["g5.xlarge"], "maxSize": 2, "role": "serving"}
+                ],
+            },
+            "mlplatform:gpuNodeGroups[0].role",
+        ),
+        (
+            {
+                "capacity": {
+                    "autoscaler": "cluster-autoscaler",
+                    "clusterAutoscaler": {"expander": "price"},
+                }
+            },
+            "mlplatform:capacity.clusterAutoscaler.expander",
         ),
     ],
 )
