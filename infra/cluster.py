@@ -9,9 +9,15 @@ opaque to the offline preview):
   ConfigMap), control-plane logs, Secrets envelope-encrypted with KMS;
 - the OIDC provider for IAM roles for service accounts (IRSA);
 - a small system node group for CPU add-ons;
-- add-ons: the EBS CSI driver (IRSA role) with an encrypted gp3 default
-  StorageClass for checkpoint PVCs, and the node monitoring agent, which feeds
-  the GPU node groups' automatic repair.
+- add-ons: the VPC CNI with NetworkPolicy enforcement on (IRSA role), before
+  any node or workload, so team isolation is enforced, not just declared; the
+  EBS CSI driver (IRSA role) with an encrypted gp3 default StorageClass for
+  checkpoint PVCs, and the node monitoring agent, which feeds the GPU node
+  groups' automatic repair;
+- every node it makes requires IMDSv2 with hop limit 1 (infra/nodes.py);
+- the `karpenter.sh/discovery` tag on the cluster security group (and, in
+  infra/network.py, on the private subnets) by which Karpenter finds where to
+  launch nodes.
 
 `existing` looks an EKS cluster up by name (GPU node groups are still created in
 it) or, with `kubeconfigContext`, uses any cluster and creates no AWS resource.
@@ -29,7 +35,7 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 from pydantic import Field, field_validator, model_validator
 
-from infra import catalog, iam, meta, pod
+from infra import catalog, iam, meta, nodes, pod
 from infra.config_types import Cidr, DnsLabel, FieldProblems, Loc, _Model, check_scaling
 from infra.network import Vpc, VpcArgs, VpcSettings
 
@@ -156,6 +162,14 @@ class ClusterSettings(_Model):
         [],
         description="GPU nodes the cluster already has, counted as capacity.",
     )
+    network_policy_enforced: bool | None = Field(
+        None,
+        description="`existing` mode: whether the cluster enforces NetworkPolicies (the "
+        "VPC CNI with `enableNetworkPolicy`, Calico, Cilium...). Default `false`: the API "
+        "server accepts NetworkPolicies that nothing enforces, and declaring team isolation "
+        "on such a cluster is a mandatory policy finding (`network-policy-enforced`). "
+        "`create` mode always enforces them (the stack manages the `vpc-cni` add-on).",
+    )
 
     @field_validator("kubernetes_version", mode="before")
     @classmethod
@@ -203,6 +217,14 @@ class ClusterSettings(_Model):
                     "only valid with mode: existing (create mode makes its own subnets)",
                 )
             )
+        if self.network_policy_enforced is not None and self.mode != "existing":
+            problems.append(
+                (
+                    ("networkPolicyEnforced",),
+                    "only valid with mode: existing (create mode always enforces "
+                    "NetworkPolicies through the vpc-cni add-on)",
+                )
+            )
         if self.uses_aws and not self.region:
             problems.append(
                 (
@@ -218,9 +240,23 @@ class ClusterSettings(_Model):
     def uses_aws(self) -> bool:
         return not (self.mode == "existing" and self.kubeconfig_context)
 
+    @property
+    def enforces_network_policies(self) -> bool:
+        return self.mode == "create" or bool(self.network_policy_enforced)
+
 
 EBS_CSI_SERVICE_ACCOUNT = "ebs-csi-controller-sa"
+VPC_CNI_SERVICE_ACCOUNT = "aws-node"
+# The tag Karpenter's EC2NodeClasses select subnets and security groups by.
+KARPENTER_DISCOVERY_TAG = "karpenter.sh/discovery"
 EFS_CSI_SERVICE_ACCOUNT = "efs-csi-controller-sa"
+
+
+# The vpc-cni add-on's configuration schema (`aws eks describe-addon-configuration
+# --addon-name vpc-cni`) takes `enableNetworkPolicy` as the string "true"; it
+# starts the network policy agent in aws-node (VPC CNI >= 1.14; the add-on
+# versions EKS picks for the supported Kubernetes versions are well past it).
+VPC_CNI_CONFIGURATION = json.dumps({"enableNetworkPolicy": "true"})
 
 
 def kubeconfig(
@@ -416,8 +452,35 @@ class Cluster(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[entry]),
             )
 
+        # Network policy enforcement before any node joins: the VPC CNI add-on
+        # (a DaemonSet, so it needs no node to become active) with its network
+        # policy agent on. The nodes' role keeps AmazonEKS_CNI_Policy so a node
+        # can network its pods before the add-on's own role is in place.
+        self.vpc_cni = self._addon(
+            f"{name}-vpc-cni",
+            "vpc-cni",
+            child,
+            irsa=(VPC_CNI_SERVICE_ACCOUNT, "AmazonEKS_CNI_Policy", oidc.arn),
+            configuration_values=VPC_CNI_CONFIGURATION,
+        )
+        # Karpenter launches nodes into the cluster security group, found by tag
+        # (EKS creates that group, so the tag is a resource of its own).
+        aws.ec2.Tag(
+            f"{name}-cluster-sg-discovery",
+            resource_id=self.eks.vpc_config.cluster_security_group_id,
+            key=KARPENTER_DISCOVERY_TAG,
+            value=self.cluster_name,
+            opts=child,
+        )
+
         sysng = s.system_nodes
         system_role = iam.node_role(f"{name}-system-role", self.partition, parent=self)
+        system_template = nodes.launch_template(
+            f"{name}-system-lt",
+            disk_size_gib=sysng.disk_size_gib,
+            tags={"Name": f"{self.cluster_name}-system"},
+            parent=self,
+        )
         system_nodes = aws.eks.NodeGroup(
             f"{name}-system-nodes",
             cluster_name=self.eks.name,
@@ -426,7 +489,10 @@ class Cluster(pulumi.ComponentResource):
             version=s.kubernetes_version,
             ami_type="AL2023_x86_64_STANDARD",
             instance_types=list(sysng.instance_types),
-            disk_size=sysng.disk_size_gib,
+            launch_template={
+                "id": system_template.id,
+                "version": system_template.latest_version.apply(str),
+            },
             scaling_config={
                 "min_size": sysng.min_size,
                 "desired_size": sysng.desired_size
@@ -438,7 +504,9 @@ class Cluster(pulumi.ComponentResource):
             labels={catalog.NODE_ROLE_LABEL: "system"},
             tags={"Name": f"{self.cluster_name}-system"},
             opts=pulumi.ResourceOptions(
-                parent=self, depends_on=[system_role], ignore_changes=["scalingConfig.desiredSize"]
+                parent=self,
+                depends_on=[system_role, self.vpc_cni],
+                ignore_changes=["scalingConfig.desiredSize"],
             ),
         )
         addon_opts = pulumi.ResourceOptions(parent=self, depends_on=[system_nodes])
@@ -454,10 +522,12 @@ class Cluster(pulumi.ComponentResource):
         self._addon(f"{name}-metrics-server", "metrics-server", addon_opts)
         # Feeds the GPU node groups' automatic repair (XID errors, failed GPUs).
         self._addon(f"{name}-node-monitoring", "eks-node-monitoring-agent", addon_opts)
+        # Every Kubernetes object goes through this provider, so all of them wait
+        # for the system nodes and for network policy enforcement.
         self.provider = k8s.Provider(
             f"{name}-k8s",
             kubeconfig=self.kubeconfig,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[system_nodes]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[system_nodes, self.vpc_cni]),
         )
         k8s.storage.v1.StorageClass(
             f"{name}-gp3",
@@ -549,6 +619,7 @@ class Cluster(pulumi.ComponentResource):
         addon: str,
         opts: pulumi.ResourceOptions,
         irsa: tuple[str, str, pulumi.Input[str]] | None = None,
+        configuration_values: str | None = None,
     ) -> aws.eks.Addon:
         """An EKS add-on; with `irsa` = (service account in kube-system, AWS managed
         policy, OIDC provider ARN) it gets its own IAM role (`<name>-role`)."""
@@ -571,6 +642,9 @@ class Cluster(pulumi.ComponentResource):
             cluster_name=self.eks.name,
             addon_name=addon,
             service_account_role_arn=role_arn,
+            configuration_values=configuration_values,
+            # EKS clusters come with a self-managed VPC CNI: adopt it.
+            resolve_conflicts_on_create="OVERWRITE",
             resolve_conflicts_on_update="OVERWRITE",
             opts=opts,
         )

@@ -1,4 +1,9 @@
-"""GpuNodeGroup: one EKS managed node group of GPU instances that can scale from zero.
+"""GpuNodeGroup: one EKS managed node group of GPU instances that can scale from zero
+(the `cluster-autoscaler` and `none` capacity modes; under Karpenter the same
+settings become a NodePool and an EC2NodeClass, infra/karpenter.py).
+
+Nodes boot from a launch template that requires IMDSv2 with hop limit 1 and
+encrypts the gp3 root volume (infra/nodes.py).
 
 The Cluster Autoscaler builds a template node for a group with no nodes from
 tags on its Auto Scaling group: GPU count, labels and taints. EKS copies a
@@ -18,7 +23,7 @@ import pulumi
 import pulumi_aws as aws
 from pydantic import Field, field_validator, model_validator
 
-from infra import catalog, iam, instances, scheduling
+from infra import catalog, iam, instances, nodes, scheduling
 from infra.config_types import DnsLabel, FieldProblems, Loc, _Model, check_scaling
 from infra.device_plugin import DevicePluginSettings
 
@@ -26,7 +31,8 @@ AmiType = Literal["AL2023_x86_64_NVIDIA", "BOTTLEROCKET_x86_64_NVIDIA"]
 
 
 class GpuNodeGroupSettings(_Model):
-    """One EKS managed node group of GPU instances."""
+    """One pool of GPU nodes of one shape: an EKS managed node group, or a Karpenter
+    NodePool and EC2NodeClass under `capacity.autoscaler: karpenter`."""
 
     name: DnsLabel = Field(description="Node group name, unique in the stack (a DNS-1123 label).")
     instance_types: list[str] = Field(
@@ -47,13 +53,30 @@ class GpuNodeGroupSettings(_Model):
         description=f"`SPOT` nodes get the taint `{scheduling.SPOT_TAINT}`; "
         "only priority classes in `scheduling.spotPriorityClasses` tolerate it.",
     )
-    min_size: int = Field(0, ge=0, description="Minimum nodes; 0 lets the group scale to zero.")
+    min_size: int = Field(
+        0,
+        ge=0,
+        description="Minimum nodes; 0 lets the group scale to zero. Under Karpenter it must "
+        "be 0: nodes come from pending pods, not from a size (keep capacity warm with a "
+        "workload's `minReplicas`).",
+    )
     desired_size: int | None = Field(
         None,
         description="Initial nodes. Default: `minSize`. Later changes by the cluster "
-        "autoscaler are not reverted by `pulumi up`.",
+        "autoscaler are not reverted by `pulumi up`. Not valid under Karpenter.",
     )
-    max_size: int = Field(ge=1, description="Maximum nodes (required).")
+    max_size: int = Field(
+        ge=0,
+        description="Maximum nodes (required, at least 1). Under Karpenter it caps the pool: the "
+        "NodePool's `limits` on `nvidia.com/gpu` are `maxSize` x GPUs per node.",
+    )
+    role: Literal["training", "serving"] = Field(
+        "training",
+        description="What the pool is for; sets Karpenter's consolidation. `training`: a "
+        "node is removed only when empty. `serving`: also when underutilized, at most "
+        "`capacity.karpenter.servingDisruptionBudget` of the pool at a time (training pods "
+        "on it are kept by `karpenter.sh/do-not-disrupt`). Only used under Karpenter.",
+    )
     disk_size_gib: int = Field(
         200,
         alias="diskSizeGiB",
@@ -105,6 +128,24 @@ class GpuNodeGroupSettings(_Model):
             for key in labels
             if key.startswith(catalog.LABEL_PREFIX) or key in reserved
         ]
+        for key in labels:
+            if key in CAPACITY_TYPE_LABELS:
+                # A spot label without the spot taint would put non-preemptible
+                # work on capacity that can vanish.
+                problems.append(
+                    (
+                        (key,),
+                        "the capacity type comes from `capacityType` (SPOT also sets the "
+                        f"{scheduling.SPOT_TAINT} taint); do not label it",
+                    )
+                )
+            elif _domain(key).endswith(RESTRICTED_LABEL_DOMAINS):
+                problems.append(
+                    (
+                        (key,),
+                        "labels of the kubernetes.io, k8s.io and Karpenter domains are reserved",
+                    )
+                )
         if problems:
             raise FieldProblems(problems)
         return labels
@@ -135,6 +176,17 @@ class GpuNodeGroupSettings(_Model):
     @property
     def is_bottlerocket(self) -> bool:
         return self.ami_type.startswith("BOTTLEROCKET")
+
+
+# Labels that say a node is spot or on-demand, set by EKS and Karpenter themselves.
+CAPACITY_TYPE_LABELS = ("eks.amazonaws.com/capacityType", "karpenter.sh/capacity-type")
+# Node label domains Kubernetes, EKS and Karpenter own (Karpenter's NodePool
+# CRD rejects most of them in a template's labels).
+RESTRICTED_LABEL_DOMAINS = ("kubernetes.io", "k8s.io", "karpenter.sh", "karpenter.k8s.aws")
+
+
+def _domain(key: str) -> str:
+    return key.split("/", 1)[0] if "/" in key else ""
 
 
 CA_PREFIX = "k8s.io/cluster-autoscaler"
@@ -220,6 +272,13 @@ class GpuNodeGroup(pulumi.ComponentResource):
         super().__init__("mlplatform:infra:GpuNodeGroup", name, None, opts)
         group = args.group
         self.role = iam.node_role(f"{name}-role", args.partition, parent=self)
+        self.launch_template = nodes.launch_template(
+            f"{name}-lt",
+            disk_size_gib=group.disk_size_gib,
+            bottlerocket=group.is_bottlerocket,
+            tags={"Name": f"{args.cluster_name_plain}-{group.name}"},
+            parent=self,
+        )
         desired = group.desired_size if group.desired_size is not None else group.min_size
         self.node_group = aws.eks.NodeGroup(
             f"{name}-nodes",
@@ -230,7 +289,12 @@ class GpuNodeGroup(pulumi.ComponentResource):
             ami_type=group.ami_type,
             capacity_type=group.capacity_type,
             instance_types=list(group.instance_types),
-            disk_size=group.disk_size_gib,
+            # The root volume and instance metadata options live in the template
+            # (EKS rejects disk_size next to a launch template).
+            launch_template={
+                "id": self.launch_template.id,
+                "version": self.launch_template.latest_version.apply(str),
+            },
             scaling_config={
                 "min_size": group.min_size,
                 "desired_size": desired,

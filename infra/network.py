@@ -2,7 +2,9 @@
 
 Private subnets (nodes and pods) in each zone with a route to a NAT gateway,
 small public subnets for the NAT gateways and internet-facing load balancers.
-Subnets carry the tags the AWS Load Balancer Controller discovers them by.
+Subnets carry the tags the AWS Load Balancer Controller discovers them by; the
+private subnets also carry `karpenter.sh/discovery: <cluster>`, by which
+Karpenter's EC2NodeClasses find where to launch nodes.
 """
 
 from __future__ import annotations
@@ -165,6 +167,7 @@ class Vpc(pulumi.ComponentResource):
                 tags={
                     "Name": f"{args.cluster_name}-private-{i}",
                     "kubernetes.io/role/internal-elb": "1",
+                    "karpenter.sh/discovery": args.cluster_name,
                     **cluster_tag,
                 },
                 opts=child,

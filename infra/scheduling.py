@@ -33,6 +33,10 @@ class SchedulingSettings(_Model):
 
 
 NO_SCHEDULE = catalog.NO_SCHEDULE_EFFECT
+# Karpenter never voluntarily disrupts (consolidates, drifts) a node running a
+# pod with this annotation: training pods carry it, so saving money never
+# kills a run (workloads/common.py sets it on training and distributed pods).
+DO_NOT_DISRUPT_ANNOTATION = "karpenter.sh/do-not-disrupt"
 ZONE_LABEL = "topology.kubernetes.io/zone"
 
 

@@ -85,15 +85,28 @@ class TeamNetwork(_Model):
     """The openings in the namespace's default-deny NetworkPolicy."""
 
     allow_dns: bool = Field(True, description="Egress to CoreDNS (UDP/TCP 53).")
-    allow_intra_namespace: bool = Field(True, description="Traffic between pods of the namespace.")
+    allow_intra_namespace: bool = Field(
+        True,
+        description="Pods of the namespace may call the namespace's inference services on "
+        "their HTTP port. Nothing else between pods: a distributed job opens its ranks to "
+        "each other itself, so a CronJob cannot reach a DDP job's rendezvous port.",
+    )
     allow_monitoring_scrape: bool = Field(
         True,
-        description="Ingress from the monitoring namespace to the metrics ports.",
+        description="Ingress to the metrics ports from the Prometheus pods (label "
+        "`app.kubernetes.io/name: prometheus`) of the monitoring namespace, nothing else "
+        "of that namespace.",
     )
     allow_https_egress: bool = Field(
         True,
-        description="Egress on TCP 443 anywhere except link-local (instance metadata): "
-        "object storage, registries, package mirrors.",
+        description="Egress on TCP 443 anywhere except link-local (instance metadata) and "
+        "the cluster's own network (the VPC CIDR in `create` mode, all RFC 1918 ranges "
+        "otherwise): object storage, registries, package mirrors.",
+    )
+    allow_https_to_cluster_network: bool = Field(
+        False,
+        description="Let the HTTPS egress opening reach the cluster's own network too "
+        "(internal services, VPC interface endpoints).",
     )
     egress_cidrs: list[Cidr] = Field(
         [], description="Extra CIDRs the namespace may reach on any port."
@@ -147,6 +160,12 @@ class TeamSettings(_Model):
 # Instance metadata (IMDS) and other link-local endpoints stay unreachable from
 # team pods: credentials come from IRSA, never from the node role.
 LINK_LOCAL = "169.254.0.0/16"
+# The cluster's network when the stack does not know its VPC range.
+PRIVATE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+# prometheus-operator labels the Prometheus pods it runs with this (the only
+# monitoring pods that scrape).
+PROMETHEUS_POD_LABELS = {"app.kubernetes.io/name": "prometheus"}
+WORKLOAD_KIND_LABEL = f"{catalog.LABEL_PREFIX}/workload-kind"
 
 
 @dataclass(frozen=True)
@@ -158,6 +177,11 @@ class TeamNamespaceArgs:
     # Ports the monitoring namespace may scrape (the runtime's metrics ports,
     # given by the composition root).
     metrics_ports: tuple[int, ...]
+    # The inference services' HTTP port (team pods may call it).
+    serving_ports: tuple[int, ...] = ()
+    # The cluster's own network, kept out of the HTTPS egress opening. Empty:
+    # not known (existing clusters), all RFC 1918 ranges are kept out.
+    cluster_cidrs: tuple[str, ...] = ()
 
 
 class TeamNamespace(pulumi.ComponentResource):
@@ -209,7 +233,11 @@ class TeamNamespace(pulumi.ComponentResource):
                 opts=child,
             )
             for policy_name, spec in network_policies(
-                team, args.monitoring_namespace, args.metrics_ports
+                team,
+                args.monitoring_namespace,
+                args.metrics_ports,
+                serving_ports=args.serving_ports,
+                cluster_cidrs=args.cluster_cidrs,
             ).items()
         }
         self.namespace = ns_name
@@ -266,7 +294,12 @@ def limit_range_limits(team: TeamSettings, max_gpus: int) -> list[dict[str, Any]
 
 
 def network_policies(
-    team: TeamSettings, monitoring_namespace: str, metrics_ports: Sequence[int]
+    team: TeamSettings,
+    monitoring_namespace: str,
+    metrics_ports: Sequence[int],
+    *,
+    serving_ports: Sequence[int] = (),
+    cluster_cidrs: Sequence[str] = (),
 ) -> dict[str, dict[str, Any]]:
     """NetworkPolicy specs by name: default deny, then each enabled opening."""
     net = team.network
@@ -292,13 +325,20 @@ def network_policies(
                 }
             ],
         }
-    if net.allow_intra_namespace:
-        same_namespace = [{"podSelector": everything}]
+    if net.allow_intra_namespace and serving_ports:
+        # Clients in the team reach the team's inference pods on their HTTP port,
+        # and only there: egress is limited to inference pods, ingress to that port.
+        ports = [{"protocol": "TCP", "port": port} for port in serving_ports]
         policies["allow-same-namespace"] = {
             "podSelector": everything,
             "policyTypes": ["Ingress", "Egress"],
-            "ingress": [{"from": same_namespace}],
-            "egress": [{"to": same_namespace}],
+            "ingress": [{"from": [{"podSelector": everything}], "ports": ports}],
+            "egress": [
+                {
+                    "to": [{"podSelector": {"matchLabels": {WORKLOAD_KIND_LABEL: "inference"}}}],
+                    "ports": ports,
+                }
+            ],
         }
     if net.allow_monitoring_scrape:
         policies["allow-monitoring-scrape"] = {
@@ -310,7 +350,8 @@ def network_policies(
                         {
                             "namespaceSelector": {
                                 "matchLabels": {catalog.NAMESPACE_NAME_LABEL: monitoring_namespace}
-                            }
+                            },
+                            "podSelector": {"matchLabels": dict(PROMETHEUS_POD_LABELS)},
                         }
                     ],
                     "ports": [{"protocol": "TCP", "port": port} for port in metrics_ports],
@@ -318,13 +359,16 @@ def network_policies(
             ],
         }
     if net.allow_https_egress:
+        excluded = [LINK_LOCAL]
+        if not net.allow_https_to_cluster_network:
+            excluded += list(cluster_cidrs or PRIVATE_RANGES)
         policies["allow-https-egress"] = {
             "podSelector": everything,
             "policyTypes": ["Egress"],
             "egress": [
                 {
                     "to": [
-                        {"ipBlock": {"cidr": "0.0.0.0/0", "except": [LINK_LOCAL]}},
+                        {"ipBlock": {"cidr": "0.0.0.0/0", "except": excluded}},
                     ],
                     "ports": [{"protocol": "TCP", "port": 443}],
                 }

@@ -1,5 +1,6 @@
-"""Platform: composes the cluster, GPU node groups, device plugin, priority
-classes and team namespaces from one validated PlatformSettings."""
+"""Platform: composes the cluster, GPU capacity (managed node groups with or
+without the Cluster Autoscaler, or Karpenter NodePools), device plugin,
+priority classes and team namespaces from one validated PlatformSettings."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
+from infra import catalog
 from infra.cluster import Cluster, ClusterArgs
+from infra.cluster_autoscaler import ClusterAutoscaler, ClusterAutoscalerArgs
 from infra.device_plugin import NvidiaDevicePlugin, NvidiaDevicePluginArgs
 from infra.gpu_nodes import GpuNodeGroup, GpuNodeGroupArgs
+from infra.karpenter import Karpenter, KarpenterArgs
 from infra.queueing import METRICS_PORT_NAME, METRICS_SERVICE_LABELS, Queueing
 from infra.scheduling import PriorityClasses
 from infra.tenancy import TeamNamespace, TeamNamespaceArgs
@@ -71,6 +75,10 @@ class Platform(pulumi.ComponentResource):
             parent=self, providers={"kubernetes": self.cluster.provider}
         )
 
+        self.karpenter: Karpenter | None = None
+        self.cluster_autoscaler: ClusterAutoscaler | None = None
+        if s.autoscaler == "karpenter":
+            self.karpenter = self._karpenter(name, aws_opts)
         self.gpu_node_groups = [
             GpuNodeGroup(
                 f"{name}-gpu-{group.name}",
@@ -88,7 +96,10 @@ class Platform(pulumi.ComponentResource):
                 opts=aws_opts,
             )
             for group in s.gpu_node_groups
+            if s.autoscaler != "karpenter"
         ]
+        if s.autoscaler == "cluster-autoscaler":
+            self.cluster_autoscaler = self._cluster_autoscaler(name, aws_opts)
         self.device_plugin = (
             NvidiaDevicePlugin(
                 f"{name}-device-plugin",
@@ -108,6 +119,8 @@ class Platform(pulumi.ComponentResource):
                     max_gpus_per_container=s.max_gpus_per_container(team),
                     monitoring_namespace=s.monitoring.namespace,
                     metrics_ports=(contract.SERVE_PORT, contract.TRAIN_METRICS_PORT),
+                    serving_ports=(contract.SERVE_PORT,),
+                    cluster_cidrs=(s.cluster.vpc.cidr,) if s.cluster.mode == "create" else (),
                 ),
                 opts=k8s_opts,
             )
@@ -166,6 +179,59 @@ class Platform(pulumi.ComponentResource):
         )
         self.register_outputs(self.stack_outputs())
 
+    def _capacity_opts(self, aws_opts: pulumi.ResourceOptions) -> pulumi.ResourceOptions:
+        """Options of a capacity component: both the AWS and the Kubernetes provider."""
+        providers = dict(aws_opts.providers or {})  # type: ignore[arg-type]
+        providers["kubernetes"] = self.cluster.provider
+        return pulumi.ResourceOptions(parent=self, providers=providers)
+
+    def _system_node_selector(self) -> dict[str, str] | None:
+        return (
+            {catalog.NODE_ROLE_LABEL: "system"} if self.settings.cluster.mode == "create" else None
+        )
+
+    def _karpenter(self, name: str, aws_opts: pulumi.ResourceOptions) -> Karpenter:
+        s = self.settings
+        c = self.cluster
+        assert s.cluster.region is not None  # validated: EKS needs a region
+        assert c.oidc_provider_arn is not None and c.oidc_issuer_url is not None
+        return Karpenter(
+            f"{name}-karpenter",
+            KarpenterArgs(
+                settings=s.capacity.karpenter,
+                groups=list(s.gpu_node_groups),
+                cluster_name=c.eks.name if s.cluster.mode == "create" else s.cluster_name,
+                cluster_name_plain=s.cluster_name,
+                region=s.cluster.region,
+                partition=c.partition,
+                oidc_provider_arn=c.oidc_provider_arn,
+                oidc_issuer_url=c.oidc_issuer_url,
+                discovery_tag=s.capacity.karpenter.discovery_tag or s.cluster_name,
+                node_selector=self._system_node_selector(),
+            ),
+            opts=self._capacity_opts(aws_opts),
+        )
+
+    def _cluster_autoscaler(self, name: str, aws_opts: pulumi.ResourceOptions) -> ClusterAutoscaler:
+        s = self.settings
+        c = self.cluster
+        assert s.cluster.region is not None
+        assert c.oidc_provider_arn is not None and c.oidc_issuer_url is not None
+        return ClusterAutoscaler(
+            f"{name}-cluster-autoscaler",
+            ClusterAutoscalerArgs(
+                settings=s.capacity.cluster_autoscaler,
+                cluster_name=s.cluster_name,
+                kubernetes_version=s.cluster.kubernetes_version,
+                region=s.cluster.region,
+                partition=c.partition,
+                oidc_provider_arn=c.oidc_provider_arn,
+                oidc_issuer_url=c.oidc_issuer_url,
+                node_selector=self._system_node_selector(),
+            ),
+            opts=self._capacity_opts(aws_opts),
+        )
+
     def _workload(self, name: str, spec: object, opts: pulumi.ResourceOptions) -> Workload:
         s = self.settings
         assert isinstance(
@@ -205,6 +271,11 @@ class Platform(pulumi.ComponentResource):
         lq = self.queueing.local_queue_resources.get(team)
         return [lq] if lq is not None else [self.queueing.release]
 
+    def _node_groups_by_setting(self) -> list[GpuNodeGroup | None]:
+        if self.karpenter is not None:
+            return [None for _ in self.settings.gpu_node_groups]
+        return list(self.gpu_node_groups)
+
     def stack_outputs(self) -> dict[str, Any]:
         s = self.settings
         return {
@@ -218,13 +289,14 @@ class Platform(pulumi.ComponentResource):
             "gpuNodeGroups": [
                 {
                     "name": g.name,
-                    "nodeGroupName": ng.node_group_name,
+                    # Under Karpenter: the NodePool's name.
+                    "nodeGroupName": ng.node_group_name if ng is not None else g.name,
                     "instanceTypes": list(g.instance_types),
                     "capacityType": g.capacity_type,
                     "gpusPerNode": g.gpus_per_node,
                     "maxGpus": g.max_gpus,
                 }
-                for g, ng in zip(s.gpu_node_groups, self.gpu_node_groups, strict=True)
+                for g, ng in zip(s.gpu_node_groups, self._node_groups_by_setting(), strict=True)
             ],
             "gpuCapacity": s.gpu_capacity,
             "teamNamespaces": {name: team.namespace for name, team in self.teams.items()},

@@ -27,7 +27,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from infra import catalog
+from infra import catalog, cluster_autoscaler, karpenter
+from infra.capacity import Autoscaler, CapacitySettings
 from infra.cluster import ClusterSettings
 from infra.config_types import DnsLabel, FieldProblems, Loc, _Model, unknown_key_message
 from infra.device_plugin import DevicePluginSettings
@@ -122,7 +123,15 @@ class PlatformSettings(_Model):
         "tags and policy thresholds. Default: the stack name.",
     )
     cluster: ClusterSettings = Field(default_factory=ClusterSettings, description="The cluster.")
-    gpu_node_groups: list[GpuNodeGroupSettings] = Field([], description="GPU node groups.")
+    gpu_node_groups: list[GpuNodeGroupSettings] = Field(
+        [],
+        description="GPU node groups: EKS managed node groups, or Karpenter NodePools "
+        "under `capacity.autoscaler: karpenter`.",
+    )
+    capacity: CapacitySettings = Field(
+        default_factory=CapacitySettings,
+        description="Which autoscaler turns pending GPU pods into nodes.",
+    )
     device_plugin: DevicePluginSettings = Field(
         default_factory=DevicePluginSettings, description="NVIDIA device plugin."
     )
@@ -218,9 +227,105 @@ class PlatformSettings(_Model):
                     )
         problems += self._check_workloads()
         problems += self._check_queueing()
+        problems += self._check_capacity()
         if problems:
             raise FieldProblems(problems)
         return self
+
+    def _check_capacity(self) -> list[tuple[Loc, str]]:
+        """What each autoscaler needs, and group settings that would mean nothing."""
+        problems: list[tuple[Loc, str]] = []
+        cap = self.capacity
+        auto = self.autoscaler
+        at: Loc = ("capacity", "autoscaler")
+        version = self.cluster.kubernetes_version
+        if auto != "none" and not self.cluster.uses_aws:
+            problems.append(
+                (at, f"{auto} scales EKS capacity; with cluster.kubeconfigContext use `none`")
+            )
+        if cap.external_autoscaler and auto != "none":
+            problems.append(
+                (
+                    ("capacity", "externalAutoscaler"),
+                    f"only with autoscaler: none (this stack installs {auto}; never run two)",
+                )
+            )
+        if auto == "karpenter":
+            if self.cluster.mode == "existing" and cap.karpenter.discovery_tag is None:
+                problems.append(
+                    (
+                        ("capacity", "karpenter", "discoveryTag"),
+                        "required for Karpenter on an existing cluster: the value of the "
+                        f"`{karpenter.DISCOVERY_TAG}` tag on the subnets and security group "
+                        "nodes may use (tag them first)",
+                    )
+                )
+            if _minor(version) > _minor(karpenter.MAX_KUBERNETES_VERSION):
+                problems.append(
+                    (
+                        ("cluster", "kubernetesVersion"),
+                        f"Karpenter {karpenter.VERSION} supports Kubernetes up to "
+                        f"{karpenter.MAX_KUBERNETES_VERSION}",
+                    )
+                )
+            for i, g in enumerate(self.gpu_node_groups):
+                if g.min_size > 0:
+                    problems.append(
+                        (
+                            ("gpuNodeGroups", i, "minSize"),
+                            "must be 0 under Karpenter: nodes are launched for pending pods, "
+                            "there is no minimum (keep capacity warm with a workload's "
+                            "minReplicas, or use capacity.autoscaler: cluster-autoscaler)",
+                        )
+                    )
+                if g.desired_size is not None:
+                    problems.append(
+                        (
+                            ("gpuNodeGroups", i, "desiredSize"),
+                            "means nothing under Karpenter (it has no node count); remove it",
+                        )
+                    )
+        if (
+            auto == "cluster-autoscaler"
+            and cluster_autoscaler.image_for(cap.cluster_autoscaler, version) is None
+        ):
+            problems.append(
+                (
+                    ("capacity", "clusterAutoscaler", "image"),
+                    f"no Cluster Autoscaler release is pinned for Kubernetes {version} "
+                    f"(pinned: {', '.join(cluster_autoscaler.IMAGES)}); name an image",
+                )
+            )
+        # Settings of the autoscaler the stack does not run would mean nothing.
+        if auto != "karpenter":
+            if cap.karpenter.model_fields_set:
+                problems.append(
+                    (("capacity", "karpenter"), f"Karpenter settings, but the autoscaler is {auto}")
+                )
+            for i, g in enumerate(self.gpu_node_groups):
+                if "role" in g.model_fields_set:
+                    problems.append(
+                        (
+                            ("gpuNodeGroups", i, "role"),
+                            f"only Karpenter's consolidation uses it (the autoscaler is {auto})",
+                        )
+                    )
+        if auto != "cluster-autoscaler" and cap.cluster_autoscaler.model_fields_set:
+            problems.append(
+                (
+                    ("capacity", "clusterAutoscaler"),
+                    f"Cluster Autoscaler settings, but the autoscaler is {auto}",
+                )
+            )
+        why = {
+            "cluster-autoscaler": "the Cluster Autoscaler never grows a group past maxSize",
+            "karpenter": "the NodePool's GPU limit would be 0",
+            "none": "the group could never have a node",
+        }[auto]
+        for i, g in enumerate(self.gpu_node_groups):
+            if g.max_size < 1:
+                problems.append((("gpuNodeGroups", i, "maxSize"), f"must be at least 1: {why}"))
+        return problems
 
     def _check_workloads(self) -> list[tuple[Loc, str]]:
         problems: list[tuple[Loc, str]] = []
@@ -415,6 +520,11 @@ class PlatformSettings(_Model):
         ]
 
     @property
+    def autoscaler(self) -> Autoscaler:
+        """The autoscaler the stack installs (`capacity.autoscaler` or its default)."""
+        return self.capacity.resolved(self.cluster.mode)
+
+    @property
     def cluster_name(self) -> str:
         return self.cluster.name or f"mlplatform-{self.environment}"
 
@@ -446,6 +556,8 @@ class PlatformSettings(_Model):
             spot_priority_classes=tuple(self.scheduling.spot_priority_classes),
             existing_gpu_capacity=sum(n.count * n.gpus_per_node for n in existing),
             existing_largest_node_gpus=max((n.gpus_per_node for n in existing), default=0),
+            external_autoscaler=self.capacity.external_autoscaler,
+            network_policy_enforced=bool(self.cluster.network_policy_enforced),
         )
 
     def max_gpus_per_container(self, team: TeamSettings) -> int:
@@ -454,6 +566,10 @@ class PlatformSettings(_Model):
 
     def team(self, name: str) -> TeamSettings | None:
         return next((t for t in self.teams if t.name == name), None)
+
+
+def _minor(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split("."))
 
 
 def _unique(names: list[str], key: str) -> list[tuple[Loc, str]]:

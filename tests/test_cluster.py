@@ -93,7 +93,12 @@ def test_oidc_provider_and_ebs_csi_irsa(created: Run) -> None:
         "system:serviceaccount:kube-system:ebs-csi-controller-sa"
     )
     addons = {a.inputs["addonName"]: a for a in created.by_type("aws:eks/addon:Addon")}
-    assert set(addons) == {"aws-ebs-csi-driver", "eks-node-monitoring-agent", "metrics-server"}
+    assert set(addons) == {
+        "aws-ebs-csi-driver",
+        "eks-node-monitoring-agent",
+        "metrics-server",
+        "vpc-cni",
+    }
     ebs_arn = addons["aws-ebs-csi-driver"].inputs["serviceAccountRoleArn"]
     assert ebs_arn.startswith("arn:aws:iam::123456789012:role/mlplatform-cluster-ebs-csi-role-")
 

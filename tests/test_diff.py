@@ -427,22 +427,23 @@ def test_committed_change_against_origin(work: Path) -> None:
         "- `mlplatform-ml-dev-extra` (`mlplatform:workloads:TrainingJob`)",
     ]
     assert _section(full, "Changed") == [
-        "- `mlplatform-gpu-l4-spot-nodes` (`aws:eks/nodeGroup:NodeGroup`)",
         "- `mlplatform-ml-dev-ranker-deployment` (`kubernetes:apps/v1:Deployment`)",
         "- `mlplatform-team-ml-dev-quota` (`kubernetes:core/v1:ResourceQuota`)",
+        # dev runs Karpenter: maxSize is the NodePool's GPU limit.
+        "- `mlplatform-karpenter-nodepool-l4-spot` (`kubernetes:karpenter.sh/v1:NodePool`)",
         # The alert on a group at its maxSize follows the group's size.
         "- `mlplatform-monitoring-rules` (`kubernetes:monitoring.coreos.com/v1:PrometheusRule`)",
     ]
     for line in (
-        "  - `scalingConfig.maxSize`: `4` → `6`",
+        '  - `spec.limits["nvidia.com/gpu"]`: `4` → `6`',
         '  - `spec.hard["requests.nvidia.com/gpu"]`: `4` → `6`',
         "  - `spec.template.spec.initContainers[fetch-model].args[0]`: "
         "`s3://mlplatform-dev-models/ranker/v3` → `s3://mlplatform-dev-models/ranker/v4`",
         "| GPU capacity (total) | 4 | 6 | +2 |",
         "| node group `l4-spot` max GPUs | 4 | 6 | +2 |",
         "| team `ml-dev` GPU quota | 4 | 6 | +2 |",
-        "- new **mandatory** `gpu-node-group` on `NodeGroup/mlplatform-gpu-l4-spot-nodes`: "
-        "maxSize 6 exceeds this environment's cap of 4",
+        "- new **mandatory** `gpu-node-pool` on `NodePool/l4-spot`: "
+        "GPU limit 6 exceeds this environment's cap of 4 nodes x 1 GPUs",
     ):
         assert line in full
     assert "truncated" not in full and "/tmp" not in full

@@ -1,4 +1,5 @@
-"""GPU node groups: node group inputs, IAM role, autoscaler tags on the ASG."""
+"""GPU node groups: node group inputs, IAM role, autoscaler tags on the ASG (the
+`cluster-autoscaler` capacity mode; Karpenter pools are in test_capacity.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import pytest
 from infra import instances
 from tests.helpers import base_config, run
 from tools.offline import Run
+
+CA = {"autoscaler": "cluster-autoscaler"}
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +34,7 @@ def two_groups() -> Run:
                 },
             ],
             teams=[{"name": "research", "quota": {"gpus": 16}}],
+            capacity=CA,
         )
     )
 
@@ -41,7 +45,25 @@ def test_node_group_inputs(two_groups: Run) -> None:
     assert ng.inputs["capacityType"] == "ON_DEMAND"
     assert ng.inputs["instanceTypes"] == ["g6e.12xlarge", "g6e.24xlarge"]
     assert ng.inputs["scalingConfig"] == {"minSize": 1, "desiredSize": 1, "maxSize": 3}
-    assert ng.inputs["diskSize"] == 200
+    # Root volume and metadata options come from the group's launch template.
+    lt = two_groups.one("aws:ec2/launchTemplate:LaunchTemplate", "mlplatform-gpu-l40s-lt")
+    assert ng.inputs["launchTemplate"] == {
+        "id": lt.inputs.get("id", ng.inputs["launchTemplate"]["id"]),
+        "version": "1",
+    }
+    assert lt.inputs["blockDeviceMappings"] == [
+        {
+            "deviceName": "/dev/xvda",
+            "ebs": {
+                "deleteOnTermination": "true",
+                "encrypted": "true",
+                "volumeSize": 200,
+                "volumeType": "gp3",
+            },
+        }
+    ]
+    assert lt.inputs["metadataOptions"]["httpTokens"] == "required"
+    assert lt.inputs["metadataOptions"]["httpPutResponseHopLimit"] == 1
     assert ng.inputs["clusterName"] == "mlplatform-test"
     assert ng.inputs["nodeRepairConfig"] == {"enabled": True}
     assert ng.inputs["labels"] == {
@@ -62,7 +84,14 @@ def test_spot_bottlerocket_group(two_groups: Run) -> None:
     ng = two_groups.one("aws:eks/nodeGroup:NodeGroup", "mlplatform-gpu-h100-spot-nodes")
     assert ng.inputs["capacityType"] == "SPOT"
     assert ng.inputs["amiType"] == "BOTTLEROCKET_x86_64_NVIDIA"
-    assert ng.inputs["diskSize"] == 500
+    lt = two_groups.one("aws:ec2/launchTemplate:LaunchTemplate", "mlplatform-gpu-h100-spot-lt")
+    # Bottlerocket: a small OS volume and the data volume of diskSizeGiB.
+    assert [
+        (d["deviceName"], d["ebs"]["volumeSize"]) for d in lt.inputs["blockDeviceMappings"]
+    ] == [
+        ("/dev/xvda", 4),
+        ("/dev/xvdb", 500),
+    ]
     assert ng.inputs["scalingConfig"] == {"minSize": 0, "desiredSize": 0, "maxSize": 2}
     assert ng.inputs["labels"]["mlplatform.io/nvidia-device-plugin"] == "host"
     assert ng.inputs["labels"]["mlplatform.io/capacity-type"] == "spot"
@@ -129,10 +158,14 @@ def test_spot_taint_is_in_the_node_template(two_groups: Run) -> None:
 
 
 def test_time_slicing_multiplies_the_advertised_gpus() -> None:
-    r = run(base_config(devicePlugin={"timeSlicing": {"replicas": 4}}))
+    r = run(base_config(devicePlugin={"timeSlicing": {"replicas": 4}}, capacity=CA))
     tags = _asg_tags(r, "a10g")
     assert tags["k8s.io/cluster-autoscaler/node-template/resources/nvidia.com/gpu"][0] == "4"
-    r = run(base_config(devicePlugin={"timeSlicing": {"replicas": 4, "renameByDefault": True}}))
+    r = run(
+        base_config(
+            devicePlugin={"timeSlicing": {"replicas": 4, "renameByDefault": True}}, capacity=CA
+        )
+    )
     tags = _asg_tags(r, "a10g")
     assert tags["k8s.io/cluster-autoscaler/node-template/resources/nvidia.com/gpu"][0] == "1"
 

@@ -125,6 +125,102 @@ def container_field(t: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
 
 
 GPU_NODES = node_group(["g5.12xlarge"])  # 4 GPUs per node, 8 at maxSize 2
+
+
+def node_pool(
+    types: list[str] | None = None,
+    spot: bool = False,
+    taints: list[str] | None = None,
+    limit: str | None = "8",
+) -> Resource:
+    if taints is None:
+        taints = ["nvidia.com/gpu"] + (["mlplatform.io/capacity-type"] if spot else [])
+    spec: dict[str, Any] = {
+        "template": {
+            "metadata": {"labels": {"nvidia.com/gpu.present": "true"}},
+            "spec": {
+                "requirements": [
+                    {
+                        "key": "node.kubernetes.io/instance-type",
+                        "operator": "In",
+                        "values": types or ["g5.12xlarge"],
+                    },
+                    {
+                        "key": "karpenter.sh/capacity-type",
+                        "operator": "In",
+                        "values": ["spot" if spot else "on-demand"],
+                    },
+                ],
+                "taints": [{"key": k, "value": "true", "effect": "NoSchedule"} for k in taints],
+            },
+        },
+    }
+    if limit is not None:
+        spec["limits"] = {"nvidia.com/gpu": limit}
+    return k8s("NodePool", "gpu", spec, namespace=None, api="karpenter.sh/v1")
+
+
+def launch_template(tokens: str = "required", hops: int = 1) -> Resource:
+    return Resource(
+        "aws:ec2/launchTemplate:LaunchTemplate",
+        "lt",
+        {"metadataOptions": {"httpTokens": tokens, "httpPutResponseHopLimit": hops}},
+    )
+
+
+def node_group_with_template() -> Resource:
+    props = dict(GPU_NODES.props)
+    props["launchTemplate"] = {"id": "lt-1", "version": "1"}
+    return Resource(GPU_NODES.type, "ng-lt", props)
+
+
+def node_class(hops: int = 1) -> Resource:
+    return k8s(
+        "EC2NodeClass",
+        "gpu",
+        {"metadataOptions": {"httpTokens": "required", "httpPutResponseHopLimit": hops}},
+        namespace=None,
+        api="karpenter.k8s.aws/v1",
+    )
+
+
+def vpc_cni(enforce: bool) -> Resource:
+    return Resource(
+        "aws:eks/addon:Addon",
+        "vpc-cni",
+        {
+            "addonName": "vpc-cni",
+            "configurationValues": json.dumps({"enableNetworkPolicy": str(enforce).lower()}),
+        },
+    )
+
+
+CLUSTER_AUTOSCALER = Resource(
+    "kubernetes:apps/v1:Deployment",
+    "ca",
+    {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "cluster-autoscaler", "namespace": "kube-system"},
+        "spec": {
+            "template": {
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "ca",
+                            "image": "registry.k8s.io/autoscaling/cluster-autoscaler:v1.35.2",
+                        }
+                    ]
+                }
+            }
+        },
+    },
+)
+KARPENTER_RELEASE = Resource(
+    "kubernetes:helm.sh/v3:Release",
+    "karpenter",
+    {"chart": "oci://public.ecr.aws/karpenter/karpenter", "version": "1.14.1"},
+)
 INFERENCE = {"mlplatform.io/workload-kind": "inference"}
 PDB = k8s(
     "PodDisruptionBudget",
@@ -382,6 +478,26 @@ CASES: dict[str, tuple[list[Resource], list[Resource], str]] = {
         [*QUEUES, queued_job(4, pods=2)],
         [*QUEUES, queued_job(4, pods=3)],
         "needs 12 nvidia.com/gpu in 'gpu' (at most 8",
+    ),
+    "gpu-capacity-autoscaled": (
+        [GPU_NODES, CLUSTER_AUTOSCALER],
+        [GPU_NODES, node_pool()],
+        "no autoscaler",
+    ),
+    "gpu-node-pool": (
+        [node_pool()],
+        [node_pool(types=["m7i.large", "g5.xlarge"], spot=True, taints=["nvidia.com/gpu"])],
+        "has no GPU",
+    ),
+    "node-imdsv2": (
+        [launch_template(), node_group_with_template(), node_class()],
+        [launch_template(tokens="optional", hops=2), GPU_NODES, node_class(hops=2)],
+        "hop limit 2",
+    ),
+    "network-policy-enforced": (
+        [NS, DENY, vpc_cni(True)],
+        [NS, DENY, vpc_cni(False)],
+        "nothing in this cluster enforces them",
     ),
 }
 

@@ -57,10 +57,13 @@ def test_resources_json_records_parents_and_options(tmp_path: Path) -> None:
     by_name = {r["name"]: r for r in resources}
     assert by_name["mlplatform"]["type"] == "mlplatform:platform:Platform"
     assert by_name["mlplatform-cluster"]["parent"] == "mlplatform"
-    ng = by_name["mlplatform-gpu-l4-spot-nodes"]
-    assert ng["parent"] == "mlplatform-gpu-l4-spot"
+    ng = by_name["mlplatform-cluster-system-nodes"]
+    assert ng["parent"] == "mlplatform-cluster"
     assert ng["options"]["ignoreChanges"] == ["scalingConfig.desiredSize"]
-    assert ng["inputs"]["scalingConfig"]["maxSize"] == 4  # an int, not 4.0
+    assert ng["inputs"]["scalingConfig"]["maxSize"] == 3  # an int, not 3.0
+    pool = by_name["mlplatform-karpenter-nodepool-l4-spot"]
+    assert pool["parent"] == "mlplatform-karpenter"
+    assert "mlplatform-karpenter-controller" in pool["options"]["dependsOn"]
     provider = by_name["mlplatform-cluster-k8s"]
     assert provider["inputs"]["kubeconfig"] == "[secret]"
 

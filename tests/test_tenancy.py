@@ -112,7 +112,10 @@ def test_default_network_policies(teams: Run) -> None:
     assert {p["port"] for p in scrape["ports"]} == {8080, 9090}
     https = policies["allow-https-egress"]["egress"][0]
     assert https["ports"] == [{"protocol": "TCP", "port": 443}]
-    assert https["to"] == [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["169.254.0.0/16"]}}]
+    # Not instance metadata, not the cluster's own VPC (tests/test_network_openings.py).
+    assert https["to"] == [
+        {"ipBlock": {"cidr": "0.0.0.0/0", "except": ["169.254.0.0/16", "10.0.0.0/16"]}}
+    ]
 
 
 def test_openings_are_configurable(teams: Run) -> None:

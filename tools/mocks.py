@@ -255,7 +255,34 @@ def _docker_image(m: PlatformMocks, a: MockResourceArgs) -> tuple[str, dict[str,
     return digest, {"digest": digest, "ref": f"{str(tags[0]).rsplit(':', 1)[0]}@{digest}"}
 
 
+def _launch_template(m: PlatformMocks, a: MockResourceArgs) -> tuple[str, dict[str, Any]]:
+    rid = f"lt-{_hash(a.name, n=17)}"
+    return rid, {
+        "arn": m.arn("ec2", f"launch-template/{rid}"),
+        "latestVersion": 1,
+        "defaultVersion": 1,
+    }
+
+
+def _sqs_queue(m: PlatformMocks, a: MockResourceArgs) -> tuple[str, dict[str, Any]]:
+    name = m.physical_name(a)
+    url = f"https://sqs.{m.region}.amazonaws.com/{m.account_id}/{name}"
+    return url, {"name": name, "url": url, "arn": m.arn("sqs", name)}
+
+
+def _named_arn(service: str, kind: str, region: bool = True) -> ResourceHandler:
+    def handler(m: PlatformMocks, a: MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        name = m.physical_name(a)
+        return name, {"name": name, "arn": m.arn(service, f"{kind}/{name}", region=region)}
+
+    return handler
+
+
 _RESOURCE_OUTPUTS: dict[str, ResourceHandler] = {
+    "aws:ec2/launchTemplate:LaunchTemplate": _launch_template,
+    "aws:sqs/queue:Queue": _sqs_queue,
+    "aws:cloudwatch/eventRule:EventRule": _named_arn("events", "rule"),
+    "aws:iam/policy:Policy": _named_arn("iam", "policy", region=False),
     "aws:iam/role:Role": _role,
     "aws:eks/cluster:Cluster": _eks_cluster,
     "aws:eks/nodeGroup:NodeGroup": _node_group,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from infra import catalog
+from infra import catalog, cluster_autoscaler, karpenter, scheduling
 from infra.gpu_nodes import advertised_gpus
+from mlplatform.settings import PlatformSettings
 from policies import queue_sim
 from tools.policy import resources
 from tools.result import Preview
@@ -19,6 +20,65 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def _ratio(part: int, whole: int) -> str:
     return f"{part / whole:.0%}" if whole else ("n/a" if part == 0 else "no capacity")
+
+
+def _autoscaling(s: PlatformSettings) -> list[str]:
+    """How the GPU groups get nodes: the autoscaler, and per Karpenter pool what
+    it may launch."""
+    auto = s.autoscaler
+    out = ["", "### Autoscaling", ""]
+    if auto == "karpenter":
+        out.append(
+            f"Karpenter {karpenter.VERSION} (chart `{karpenter.CHART}`) launches nodes for "
+            "pending pods; each group is a NodePool + EC2NodeClass (minSize 0, the GPU limit "
+            "is maxSize x GPUs per node)."
+        )
+        out.append("")
+        rows = []
+        for g in s.gpu_node_groups:
+            pool = karpenter.node_pool_spec(g, s.capacity.karpenter)
+            reqs = {r["key"]: r["values"] for r in pool["template"]["spec"]["requirements"]}
+            rows.append(
+                [
+                    g.name,
+                    ", ".join(reqs[karpenter.INSTANCE_TYPE_LABEL]),
+                    ", ".join(reqs[karpenter.CAPACITY_TYPE_LABEL]),
+                    pool["limits"]["nvidia.com/gpu"],
+                    "<br>".join(f"`{t}`" for t in scheduling.gpu_node_taints(g.is_spot)),
+                    pool["disruption"]["consolidationPolicy"],
+                    karpenter.ami_alias(g, s.capacity.karpenter),
+                ]
+            )
+        out += _table(
+            [
+                "NodePool",
+                "instance types",
+                "capacity types",
+                "GPU limit",
+                "taints",
+                "consolidation",
+                "AMI",
+            ],
+            rows,
+        )
+    elif auto == "cluster-autoscaler":
+        image = cluster_autoscaler.image_for(
+            s.capacity.cluster_autoscaler, s.cluster.kubernetes_version
+        )
+        out.append(
+            f"Cluster Autoscaler `{image}` resizes the managed node groups above (expander "
+            f"`{s.capacity.cluster_autoscaler.expander}`), found by their ASG tags."
+        )
+    else:
+        out.append(
+            "No autoscaler installed by the stack"
+            + (
+                " (the cluster's own discovers the node groups)."
+                if s.capacity.external_autoscaler
+                else ": node groups stay at their sizes."
+            )
+        )
+    return out
 
 
 def render(preview: Preview) -> str:
@@ -85,6 +145,7 @@ def render(preview: Preview) -> str:
         ],
         rows,
     )
+    out += _autoscaling(s)
     out += [
         "",
         "Capacity is physical GPUs at every group's maxSize"

@@ -9,6 +9,8 @@ import { pathToFileURL } from "node:url";
 const [toolsDir] = process.argv.slice(2);
 const MODELS = {
   "monitoring.coreos.com/v1": "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1",
+  "karpenter.sh/v1": "@kubernetes-models/karpenter/karpenter.sh/v1",
+  "karpenter.k8s.aws/v1": "@kubernetes-models/karpenter/karpenter.k8s.aws/v1",
 };
 
 function describe(error) {
@@ -21,7 +23,7 @@ const input = JSON.parse(readFileSync(0, "utf8"));
 const out = {};
 for (const { path, manifest } of input) {
   const base = MODELS[manifest.apiVersion];
-  if (!base || !/^[A-Za-z]+$/.test(manifest.kind)) {
+  if (!base || !/^[A-Za-z][A-Za-z0-9]*$/.test(manifest.kind)) {
     out[path] = null;
     continue;
   }

@@ -17,7 +17,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from infra import catalog, kueue_api, meta, pod, quantity
+from infra import catalog, kueue_api, meta, pod, quantity, scheduling
 from infra.config_types import DnsLabel, FieldProblems, Loc, PriorityClassName, Quantity, _Model
 from workloads.runtime import contract
 
@@ -366,7 +366,13 @@ def pod_spec(
     **kw: Any,
 ) -> dict[str, Any]:
     """The pod template of a workload: the platform pod builder with the
-    workload's identity, priority and GPU placement."""
+    workload's identity, priority and GPU placement. Training pods carry
+    `karpenter.sh/do-not-disrupt`: consolidation never stops a run."""
+    if getattr(spec, "kind", None) in ("training", "distributed"):
+        kw["annotations"] = {
+            scheduling.DO_NOT_DISRUPT_ANNOTATION: "true",
+            **kw.get("annotations", {}),
+        }
     return pod.pod_template(
         pod.PodSpec(
             labels=labels,
