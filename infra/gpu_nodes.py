@@ -75,12 +75,14 @@ class GpuNodeGroupSettings(_Model):
         for i, name in enumerate(names):
             if instances.lookup(name) is None:
                 family = name.split(".", 1)[0]
-                hint = (
-                    f"unknown size of the {family} family"
-                    if family in instances.GPU_FAMILIES
-                    else "not a GPU instance type; known GPU families: "
-                    + ", ".join(instances.GPU_FAMILIES)
-                )
+                if family in instances.GPU_FAMILIES:
+                    hint = f"not a supported size of the {family} family"
+                elif family in instances.UNSUPPORTED_ACCELERATED_FAMILIES:
+                    hint = f"not supported ({instances.UNSUPPORTED_ACCELERATED_FAMILIES[family]})"
+                else:
+                    hint = "not a supported GPU instance type; supported families: " + ", ".join(
+                        instances.GPU_FAMILIES
+                    )
                 problems.append(((i,), f"{name!r}: {hint}"))
         shapes = {(t.gpus, t.gpu_model) for n in names if (t := instances.lookup(n))}
         if len(shapes) > 1:
