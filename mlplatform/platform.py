@@ -12,7 +12,7 @@ from infra.cluster import Cluster, ClusterArgs
 from infra.device_plugin import NvidiaDevicePlugin, NvidiaDevicePluginArgs
 from infra.gpu_nodes import GpuNodeGroup, GpuNodeGroupArgs
 from infra.scheduling import PriorityClasses
-from infra.tenancy import TeamNamespace, TeamNamespaceArgs
+from infra.tenancy import TeamAccess, TeamAccessArgs, TeamNamespace, TeamNamespaceArgs
 from mlplatform.settings import PlatformSettings
 from workloads.batch import BatchInference, BatchInferenceArgs, BatchInferenceSpec
 from workloads.common import WorkloadContext
@@ -110,6 +110,25 @@ class Platform(pulumi.ComponentResource):
             )
             for team in s.teams
         }
+        principals: dict[str, list[str]] = {}
+        for team in s.teams:
+            for arn in team.iam_members:
+                principals.setdefault(arn, []).append(team.name)
+        self.team_access = (
+            TeamAccess(
+                f"{name}-team-access",
+                TeamAccessArgs(
+                    cluster_name=self.cluster.eks.name
+                    if s.cluster.mode == "create"
+                    else s.cluster_name,
+                    partition=self.cluster.partition,
+                    principals=principals,
+                ),
+                opts=aws_opts,
+            )
+            if principals
+            else None
+        )
         self.runtime_image = (
             RuntimeImage(
                 f"{name}-runtime-image", RuntimeImageArgs(settings=s.runtime_image), opts=aws_opts

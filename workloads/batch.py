@@ -1,4 +1,5 @@
-"""BatchInference: an Indexed Job over S shards with P pods at a time. Pod i
+"""BatchInference: an Indexed Job over S shards with P pods at a time (a
+CronJob of that Job with `schedule`). Pod i
 processes shard `JOB_COMPLETION_INDEX` of `JOB_COMPLETIONS` and writes its
 results atomically per shard (workloads/runtime/batch.py), so a retried or
 re-run shard never duplicates or drops a record.
@@ -26,8 +27,10 @@ from workloads.runtime import contract
 WORKER = "batch"
 
 
-class BatchInferenceSpec(common.WorkloadSpec):
-    """Offline inference over sharded input (kind `batch`)."""
+class BatchInferenceSpec(common.WorkloadSpec, common.Scheduled):
+    """Offline inference over sharded input (kind `batch`); with `schedule`, a
+    CronJob that runs it again on each tick (shards are rewritten atomically, so a
+    re-run replaces the previous results)."""
 
     runtime_program: ClassVar[str] = "batch"
 
@@ -47,7 +50,9 @@ class BatchInferenceSpec(common.WorkloadSpec):
     max_failed_indexes: int = Field(
         0, ge=0, description="Failed shards tolerated before the whole Job fails (0: the first)."
     )
-    memory: Quantity = Field("4Gi", description="Memory request and limit.")
+    memory: Quantity = Field(
+        "4Gi", description="Memory request, and the limit unless `memoryLimit` is set."
+    )
     scratch: Quantity = Field(
         "10Gi",
         description="/tmp emptyDir: a shard's output is staged there before its single "
@@ -87,6 +92,12 @@ class BatchInferenceSpec(common.WorkloadSpec):
     def needs_runtime_image(self) -> bool:
         return self.uses_runtime or self.model.uri is not None
 
+    def container_shapes(self) -> list[tuple[Loc, common.ContainerShape]]:
+        shapes = super().container_shapes()
+        if self.model.uri is not None:
+            shapes.append((("model", "uri"), common.FETCH_SHAPE))
+        return shapes
+
     @property
     def object_storage_uris(self) -> list[str]:
         return [u for u in (self.model.uri, self.input, self.output) if u and u.startswith("s3://")]
@@ -112,7 +123,7 @@ class BatchInferenceArgs:
 class BatchInference(pulumi.ComponentResource):
     """Sharded batch inference as an Indexed Job.
 
-    Outputs: `job_name`, `namespace`, `shards`, `output`.
+    Outputs: `job_name`, `namespace`, `shards`, `output`, `schedule` (None for a Job).
     """
 
     def __init__(
@@ -177,22 +188,33 @@ class BatchInference(pulumi.ComponentResource):
             "podReplacementPolicy": "Failed",
             "template": template,
         }
-        self.job = k8s.batch.v1.Job(
-            f"{name}-job",
-            metadata=common.object_metadata(spec, ctx, labels),
-            spec=job_spec,
-            opts=ctx.opts(self, sa, delete_before_replace=True),
-        )
+        metadata = common.object_metadata(spec, ctx, labels)
+        if spec.schedule:
+            self.job: k8s.batch.v1.Job | k8s.batch.v1.CronJob = k8s.batch.v1.CronJob(
+                f"{name}-cronjob",
+                metadata=metadata,
+                spec=common.cron_job_spec(spec, job_spec, labels),
+                opts=ctx.opts(self, sa),
+            )
+        else:
+            self.job = k8s.batch.v1.Job(
+                f"{name}-job",
+                metadata=metadata,
+                spec=job_spec,
+                opts=ctx.opts(self, sa, delete_before_replace=True),
+            )
         common.open_network("batch", name, spec, ctx, labels, self)
         self.job_name = spec.name
         self.namespace = ctx.namespace
         self.shards = spec.shards
         self.output = spec.location(spec.output)
+        self.schedule = spec.schedule
         self.register_outputs(
             {
                 "job_name": self.job_name,
                 "namespace": self.namespace,
                 "shards": self.shards,
                 "output": self.output,
+                "schedule": self.schedule,
             }
         )
