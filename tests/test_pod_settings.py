@@ -163,9 +163,52 @@ BATCH = {
 }
 
 
+OWN_SERVER = {
+    "kind": "inference",
+    "name": "tf-serving",
+    "team": "ml",
+    "image": "tensorflow/serving:2.13.0-gpu",
+    "command": ["/usr/bin/tf_serving_entrypoint.sh"],
+    "port": 8501,
+    "readinessPath": "/v1/models/text_classifier",
+    "livenessPath": "/v1/models/text_classifier",
+    "volumes": [
+        {"name": "models", "persistentVolumeClaim": "model-storage", "mountPath": "/models"}
+    ],
+    "minReplicas": 2,
+}
+OWN_BATCH = {
+    "kind": "batch",
+    "name": "own-batch",
+    "team": "ml",
+    "image": IMAGE,
+    "command": ["python", "batch_inference.py"],
+    "input": "s3://data/in",
+    "output": "s3://data/out",
+    "iamRoleArn": ROLE,
+    "shards": 7,
+    "parallelism": 7,
+}
+
+
 @pytest.fixture(scope="module")
 def rendered() -> Run:
-    return run(stack(TRAIN, SMOKE, DDP_OPERATOR, SERVE, BATCH))
+    return run(stack(TRAIN, SMOKE, DDP_OPERATOR, SERVE, BATCH, OWN_SERVER, OWN_BATCH))
+
+
+def test_own_server_port_probes_and_no_model(rendered: Run) -> None:
+    dep = rendered.manifest("Deployment", "tf-serving", "ml")
+    c = _main(dep)
+    assert c["ports"] == [{"name": "http", "containerPort": 8501, "protocol": "TCP"}]
+    assert c["readinessProbe"]["httpGet"] == {"path": "/v1/models/text_classifier", "port": "http"}
+    assert c["livenessProbe"]["httpGet"]["path"] == "/v1/models/text_classifier"
+    assert {"name": "models", "mountPath": "/models"} in c["volumeMounts"]
+    assert "initContainers" not in pod_spec(dep)
+    netpol = rendered.manifest("NetworkPolicy", "tf-serving-ingress", "ml")
+    assert netpol["spec"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 8501}]
+    job = rendered.manifest("Job", "own-batch", "ml")
+    assert "initContainers" not in pod_spec(job)
+    assert job["spec"]["completions"] == 7
 
 
 def _main(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -328,7 +371,8 @@ def test_hpa_on_memory_with_own_behavior(rendered: Run) -> None:
 
 def test_rendered_manifests_pass_the_schema_and_policies(tmp_path: Path) -> None:
     path = tmp_path / "Pulumi.pods.yaml"
-    path.write_text(yaml.safe_dump({"config": stack(TRAIN, SMOKE, DDP_OPERATOR, SERVE, BATCH)}))
+    config = stack(TRAIN, SMOKE, DDP_OPERATOR, SERVE, BATCH, OWN_SERVER, OWN_BATCH)
+    path.write_text(yaml.safe_dump({"config": config}))
     code = preview_cli.main(
         ["--stack", "pods", "--stack-file", str(path), "--out", str(tmp_path / "b")]
     )
@@ -825,6 +869,27 @@ BAD: list[tuple[str, dict[str, Any], dict[str, Any], str, str]] = [
         {},
         "mlplatform:workloads[0].workingDir",
         "not an absolute path",
+    ),
+    (
+        "runtime-server-without-model",
+        {"kind": "inference", "name": "s", "team": "ml"},
+        {},
+        "mlplatform:workloads[0].model",
+        "needs a model",
+    ),
+    (
+        "port-on-runtime-server",
+        SERVE | {"port": 9000},
+        {},
+        "mlplatform:workloads[0].port",
+        "only for an own server",
+    ),
+    (
+        "training-may-mount-models",
+        TRAIN_MIN | {"volumes": [{"name": "m", "emptyDir": "1Gi", "mountPath": "/checkpoints"}]},
+        {},
+        "mlplatform:workloads[0].volumes[0].mountPath",
+        "mounted by the platform in this workload",
     ),
     (
         "suspend-without-schedule",

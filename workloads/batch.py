@@ -35,7 +35,11 @@ class BatchInferenceSpec(common.WorkloadSpec, common.Scheduled):
     runtime_program: ClassVar[str] = "batch"
 
     kind: Literal["batch"] = Field(description="`batch`.")
-    model: common.ModelSource = Field(description="Where the model comes from (required).")
+    model: common.ModelSource | None = Field(
+        None,
+        description="Where the model comes from, mounted read-only at /models. Required "
+        "for the runtime program; optional for an own `image` + `command`.",
+    )
     input: str = Field(
         description="`s3://bucket/prefix`, or a path inside `volume` (mounted at /data)."
     )
@@ -66,6 +70,8 @@ class BatchInferenceSpec(common.WorkloadSpec, common.Scheduled):
     @model_validator(mode="after")
     def _check_batch(self) -> BatchInferenceSpec:
         problems: list[tuple[Loc, str]] = []
+        if self.model is None and self.uses_runtime:
+            problems.append((("model",), "the runtime program needs a model (`uri` or `claim`)"))
         if self.parallelism > self.shards:
             problems.append(
                 (("parallelism",), f"{self.parallelism} is more than shards ({self.shards})")
@@ -90,17 +96,26 @@ class BatchInferenceSpec(common.WorkloadSpec, common.Scheduled):
 
     @property
     def needs_runtime_image(self) -> bool:
-        return self.uses_runtime or self.model.uri is not None
+        return self.uses_runtime or (self.model is not None and self.model.uri is not None)
+
+    def platform_mounts(self) -> dict[str, str]:
+        mounts = super().platform_mounts()
+        if self.model is not None:
+            mounts["model"] = contract.MODEL_DIR
+        if self.volume is not None:
+            mounts["data"] = contract.DATA_DIR
+        return mounts
 
     def container_shapes(self) -> list[tuple[Loc, common.ContainerShape]]:
         shapes = super().container_shapes()
-        if self.model.uri is not None:
+        if self.model is not None and self.model.uri is not None:
             shapes.append((("model", "uri"), common.FETCH_SHAPE))
         return shapes
 
     @property
     def object_storage_uris(self) -> list[str]:
-        return [u for u in (self.model.uri, self.input, self.output) if u and u.startswith("s3://")]
+        model = self.model.uri if self.model is not None else None
+        return [u for u in (model, self.input, self.output) if u and u.startswith("s3://")]
 
     def location(self, value: str) -> str:
         return value if value.startswith("s3://") else f"{contract.DATA_DIR}/{value}"
@@ -133,8 +148,12 @@ class BatchInference(pulumi.ComponentResource):
         spec, ctx = args.spec, args.context
         labels = common.workload_labels(spec, "batch-inference")
         sa = common.service_account(name, spec, ctx, labels, self)
-        volumes, init, model_mount = common.model_volume(spec.model, ctx, spec)
-        mounts = [model_mount]
+        volumes: list[pod.Volume] = []
+        init: list[pod.Container] = []
+        mounts: list[pod.Mount] = []
+        if spec.model is not None:
+            volumes, init, model_mount = common.model_volume(spec.model, ctx, spec)
+            mounts.append(model_mount)
         if spec.volume is not None:
             volumes.append(pod.Volume("data", claim=spec.volume.claim))
             mounts.append(pod.Mount("data", contract.DATA_DIR, sub_path=spec.volume.sub_path))

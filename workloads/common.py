@@ -53,19 +53,10 @@ def _image(value: str) -> str:
 WorkloadName = Annotated[DnsLabel, AfterValidator(_workload_name)]
 ImageRef = Annotated[str, AfterValidator(_image)]
 
-# What the platform mounts or names itself: user volumes, mounts and containers
-# may not take these (the pod builder would reject the duplicate).
+# Volume names the platform may use in a workload's pods: user volumes may not
+# take them (each kind says which paths it mounts: `platform_mounts()`).
 RESERVED_VOLUMES = frozenset(
     {pod.SCRATCH_VOLUME, pod.SHM_VOLUME, "checkpoints", "dataset", "model", "data"}
-)
-RESERVED_PATHS = frozenset(
-    {
-        contract.SCRATCH_DIR,
-        "/dev/shm",
-        contract.CHECKPOINT_DIR,
-        contract.MODEL_DIR,
-        contract.DATA_DIR,
-    }
 )
 RESERVED_CONTAINERS = frozenset({"trainer", "pytorch", "server", "batch", "fetch-model"})
 # Label and annotation prefixes the platform or Kubernetes owns on pods.
@@ -592,9 +583,13 @@ class WorkloadSpec(_Model):
                     )
                 )
             names.setdefault(v.name, i)
-            if v.mount_path in RESERVED_PATHS:
+            platform = self.platform_mounts()
+            if v.mount_path in platform.values():
                 problems.append(
-                    (("volumes", i, "mountPath"), f"{v.mount_path} is mounted by the platform")
+                    (
+                        ("volumes", i, "mountPath"),
+                        f"{v.mount_path} is mounted by the platform in this workload",
+                    )
                 )
             elif v.mount_path in paths:
                 problems.append(
@@ -644,6 +639,10 @@ class WorkloadSpec(_Model):
         return problems
 
     # Facts derived from the spec ------------------------------------------
+
+    def platform_mounts(self) -> dict[str, str]:
+        """Volume name -> path the platform mounts in this workload's main container."""
+        return {pod.SCRATCH_VOLUME: contract.SCRATCH_DIR, pod.SHM_VOLUME: "/dev/shm"}
 
     @property
     def extra_containers(self) -> list[tuple[Loc, ExtraContainer]]:

@@ -161,7 +161,30 @@ class InferenceServiceSpec(common.WorkloadSpec):
     runtime_program: ClassVar[str] = "serve"
 
     kind: Literal["inference"] = Field(description="`inference`.")
-    model: common.ModelSource = Field(description="Where the model comes from (required).")
+    model: common.ModelSource | None = Field(
+        None,
+        description="Where the model comes from, mounted read-only at /models. Required "
+        "for the runtime server; optional for an own server (`image` + `command`).",
+    )
+    port: int | None = Field(
+        None,
+        ge=1024,
+        le=65535,
+        description="Own server (`command`): the port it listens on (non-root, so >= 1024). "
+        f"Default: the runtime's {contract.SERVE_PORT}.",
+    )
+    readiness_path: str | None = Field(
+        None,
+        pattern=r"^/",
+        description="Own server: HTTP path of the readiness (and startup) probe. Default: "
+        f"`{contract.HEALTH_READY_PATH}`.",
+    )
+    liveness_path: str | None = Field(
+        None,
+        pattern=r"^/",
+        description=f"Own server: HTTP path of the liveness probe. Default: "
+        f"`{contract.HEALTH_LIVE_PATH}`.",
+    )
     model_name: str | None = Field(
         None, description="Model name in the API paths. Default: `name`."
     )
@@ -218,6 +241,20 @@ class InferenceServiceSpec(common.WorkloadSpec):
                     f"{self.min_replicas} is greater than maxReplicas ({self.max_replicas})",
                 )
             )
+        if self.model is None and self.uses_runtime:
+            problems.append((("model",), "the runtime server needs a model (`uri` or `claim`)"))
+        if self.canary is not None and self.canary.model_uri and self.model is None:
+            problems.append((("canary", "modelUri"), "a canary model needs a stable `model`"))
+        if self.uses_runtime:
+            problems += [
+                ((key,), "only for an own server (`image` + `command`)")
+                for key, value in (
+                    ("port", self.port),
+                    ("readinessPath", self.readiness_path),
+                    ("livenessPath", self.liveness_path),
+                )
+                if value is not None
+            ]
         if (
             self.target_cpu_utilization is None
             and self.target_memory_utilization is None
@@ -251,17 +288,27 @@ class InferenceServiceSpec(common.WorkloadSpec):
 
     @property
     def needs_runtime_image(self) -> bool:
-        return self.uses_runtime or self.model.uri is not None
+        return self.uses_runtime or (self.model is not None and self.model.uri is not None)
+
+    @property
+    def server_port(self) -> int:
+        return self.port or contract.SERVE_PORT
+
+    def platform_mounts(self) -> dict[str, str]:
+        mounts = super().platform_mounts()
+        if self.model is not None:
+            mounts["model"] = contract.MODEL_DIR
+        return mounts
 
     def container_shapes(self) -> list[tuple[Loc, common.ContainerShape]]:
         shapes = super().container_shapes()
-        if self.model.uri is not None:
+        if self.model is not None and self.model.uri is not None:
             shapes.append((("model", "uri"), common.FETCH_SHAPE))
         return shapes
 
     @property
     def object_storage_uris(self) -> list[str]:
-        uris = [self.model.uri] if self.model.uri else []
+        uris = [self.model.uri] if self.model is not None and self.model.uri else []
         if self.canary and self.canary.model_uri:
             uris.append(self.canary.model_uri)
         return uris
@@ -305,7 +352,7 @@ class InferenceService(pulumi.ComponentResource):
         )
         if spec.canary is not None:
             model = spec.model
-            if spec.canary.model_uri:
+            if spec.canary.model_uri and spec.model is not None:
                 model = common.ModelSource(
                     uri=spec.canary.model_uri, cache_size=spec.model.cache_size
                 )
@@ -391,9 +438,7 @@ class InferenceService(pulumi.ComponentResource):
             },
             opts=ctx.opts(self),
         )
-        common.open_network(
-            "inference", name, spec, ctx, labels, self, http_port=contract.SERVE_PORT
-        )
+        common.open_network("inference", name, spec, ctx, labels, self, http_port=spec.server_port)
         self.service_name = spec.name
         self.namespace = ctx.namespace
         self.url = f"http://{spec.name}.{ctx.namespace}.svc.cluster.local"
@@ -421,12 +466,19 @@ class InferenceService(pulumi.ComponentResource):
         labels: dict[str, str],
         track: Literal["stable", "canary"],
         image: str | None,
-        model: common.ModelSource,
+        model: common.ModelSource | None,
         opts: pulumi.ResourceOptions,
         replicas: int | None = None,
     ) -> k8s.apps.v1.Deployment:
         track_labels = {**labels, TRACK_LABEL: track}
-        volumes, init, model_mount = common.model_volume(model, ctx, spec)
+        volumes: list[pod.Volume] = []
+        init: list[pod.Container] = []
+        mounts: list[pod.Mount] = []
+        if model is not None:
+            volumes, init, model_mount = common.model_volume(model, ctx, spec)
+            mounts.append(model_mount)
+        ready = spec.readiness_path or contract.HEALTH_READY_PATH
+        live = spec.liveness_path or contract.HEALTH_LIVE_PATH
         command, args = common.entrypoint(
             spec, ["python", "-m", contract.SERVE_MODULE], spec.runtime_args()
         )
@@ -437,21 +489,19 @@ class InferenceService(pulumi.ComponentResource):
             command=command,
             args=args,
             env=common.container_env(spec),
-            ports={HTTP_PORT_NAME: contract.SERVE_PORT},
+            ports={HTTP_PORT_NAME: spec.server_port},
             resources=common.resources(spec),
-            mounts=[model_mount],
+            mounts=mounts,
             probes=pod.Probes(
                 startup=pod.HttpProbe(
-                    contract.HEALTH_READY_PATH,
+                    ready,
                     HTTP_PORT_NAME,
                     period_seconds=period,
                     failure_threshold=math.ceil(spec.startup_seconds / period),
                 ),
-                readiness=pod.HttpProbe(
-                    contract.HEALTH_READY_PATH, HTTP_PORT_NAME, period_seconds=period
-                ),
+                readiness=pod.HttpProbe(ready, HTTP_PORT_NAME, period_seconds=period),
                 liveness=pod.HttpProbe(
-                    contract.HEALTH_LIVE_PATH,
+                    live,
                     HTTP_PORT_NAME,
                     period_seconds=10,
                     failure_threshold=3,
@@ -470,7 +520,7 @@ class InferenceService(pulumi.ComponentResource):
             shm_size=spec.shm_size if spec.gpus else None,
             annotations={
                 "prometheus.io/scrape": "true",
-                "prometheus.io/port": str(contract.SERVE_PORT),
+                "prometheus.io/port": str(spec.server_port),
                 "prometheus.io/path": contract.METRICS_PATH,
             },
         )

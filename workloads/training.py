@@ -136,6 +136,14 @@ class TrainingSpecBase(common.WorkloadSpec):
     def checkpoint_access_mode(self) -> str:
         return self.checkpoint.access_mode or "ReadWriteOnce"
 
+    def platform_mounts(self) -> dict[str, str]:
+        mounts = super().platform_mounts()
+        if self.checkpoint.enabled:
+            mounts["checkpoints"] = contract.CHECKPOINT_DIR
+        if self.dataset is not None:
+            mounts["dataset"] = contract.DATA_DIR
+        return mounts
+
     @property
     def checkpoint_root(self) -> str:
         """Where checkpoints go: the PVC, or the pod's scratch space without one."""
