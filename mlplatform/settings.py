@@ -570,8 +570,8 @@ def _limit_range_problems(
             problems.append(
                 (
                     key,
-                    f"{who} requests {shape.cpu} CPU but sets no CPU limit, so team "
-                    f"{team.name!r}'s LimitRange gives it {cpu_limit} ({where}.{default_key}) "
+                    f"{who} requests {shape.cpu} CPU but sets no CPU limit, so the LimitRange "
+                    f"of team {team.name!r} gives it {cpu_limit} ({where}.{default_key}) "
                     "and the API server rejects the pod (request above limit); set cpuLimit "
                     f">= {shape.cpu} or raise {where}.{default_key}",
                 )
@@ -589,24 +589,24 @@ def _limit_range_problems(
                 problems.append(
                     (
                         key if limit == request else (*key[:-1], limit_key),
-                        f"{who}'s {resource} limit {limit} is above team {team.name!r}'s "
-                        f"LimitRange max ({where}.max.{resource}: {high})",
+                        f"{who}'s {resource} limit {limit} is above the LimitRange max of team "
+                        f"{team.name!r} ({where}.max.{resource}: {high})",
                     )
                 )
             elif high is not None and q(request) > q(high):
                 problems.append(
                     (
                         key,
-                        f"{who}'s {resource} request {request} is above team {team.name!r}'s "
-                        f"LimitRange max ({where}.max.{resource}: {high})",
+                        f"{who}'s {resource} request {request} is above the LimitRange max of team "
+                        f"{team.name!r} ({where}.max.{resource}: {high})",
                     )
                 )
             if low is not None and q(request) < q(low):
                 problems.append(
                     (
                         key,
-                        f"{who}'s {resource} request {request} is below team {team.name!r}'s "
-                        f"LimitRange min ({where}.min.{resource}: {low})",
+                        f"{who}'s {resource} request {request} is below the LimitRange min of team "
+                        f"{team.name!r} ({where}.min.{resource}: {low})",
                     )
                 )
             if ratio is not None and limit is not None and q(limit) > q(ratio) * q(request):
@@ -625,8 +625,8 @@ def _limit_range_problems(
             problems.append(
                 (
                     (*at, "checkpoint", "size"),
-                    f"{size} is {'above' if bound == 'max' else 'below'} team {team.name!r}'s "
-                    f"PVC {bound} ({where}.pvc.{bound}: {value}): the claim would be rejected",
+                    f"{size} is {'above' if bound == 'max' else 'below'} the PVC {bound} of team "
+                    f"{team.name!r} ({where}.pvc.{bound}: {value}): the claim would be rejected",
                 )
             )
     return problems

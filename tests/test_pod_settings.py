@@ -689,7 +689,7 @@ BAD: list[tuple[str, dict[str, Any], dict[str, Any], str, str]] = [
         TRAIN_MIN | {"memory": "256Gi"},
         {"teams": [{"name": "ml", "quota": {"gpus": 12}, "limits": {"max": {"memory": "192Gi"}}}]},
         "mlplatform:workloads[0].memory",
-        "above team 'ml'",
+        "above the LimitRange max of team 'ml'",
     ),
     (
         "limit-ratio",
@@ -711,7 +711,7 @@ BAD: list[tuple[str, dict[str, Any], dict[str, Any], str, str]] = [
         TRAIN_MIN | {"checkpoint": {"size": "1Ti"}},
         {"teams": [{"name": "ml", "quota": {"gpus": 12}, "limits": {"pvc": {"max": "500Gi"}}}]},
         "mlplatform:workloads[0].checkpoint.size",
-        "above team 'ml'",
+        "above the PVC max of team 'ml'",
     ),
     (
         "ratio-without-cpu-default",

@@ -53,8 +53,8 @@ def _image(value: str) -> str:
 WorkloadName = Annotated[DnsLabel, AfterValidator(_workload_name)]
 ImageRef = Annotated[str, AfterValidator(_image)]
 
-# Volume names the platform may use in a workload's pods: user volumes may not
-# take them (each kind says which paths it mounts: `platform_mounts()`).
+# Volume names the platform may use in a workload's pods (each kind says which
+# it uses, and where it mounts them: `platform_mounts()`).
 RESERVED_VOLUMES = frozenset(
     {pod.SCRATCH_VOLUME, pod.SHM_VOLUME, "checkpoints", "dataset", "model", "data"}
 )
@@ -121,9 +121,8 @@ class PodVolume(_Model):
     `configMap`, `secret`, `persistentVolumeClaim` or `emptyDir`."""
 
     name: DnsLabel = Field(
-        description="Volume name, unique in the workload; not one the platform uses ("
-        + ", ".join(sorted(RESERVED_VOLUMES))
-        + ")."
+        description="Volume name, unique in the workload; not one the platform uses in "
+        "that workload (" + ", ".join(sorted(RESERVED_VOLUMES)) + ", by kind)."
     )
     mount_path: AbsPath = Field(description="Where the main container sees it (absolute path).")
     sub_path: RelPath | None = Field(None, description="Mount only this file or directory of it.")
@@ -571,7 +570,7 @@ class WorkloadSpec(_Model):
         names: dict[str, int] = {}
         paths: dict[str, int] = {}
         for i, v in enumerate(self.volumes):
-            if v.name in RESERVED_VOLUMES:
+            if v.name in self.platform_mounts():
                 problems.append(
                     (("volumes", i, "name"), f"{v.name!r} is a volume the platform uses")
                 )
@@ -583,8 +582,7 @@ class WorkloadSpec(_Model):
                     )
                 )
             names.setdefault(v.name, i)
-            platform = self.platform_mounts()
-            if v.mount_path in platform.values():
+            if v.mount_path in self.platform_mounts().values():
                 problems.append(
                     (
                         ("volumes", i, "mountPath"),
@@ -677,6 +675,11 @@ class WorkloadSpec(_Model):
             reasons["CKV_K8S_22"] = (
                 "writableRootFilesystem opted in by the workload: its image writes outside "
                 "its volumes (still non-root, no privilege escalation, capabilities dropped)"
+            )
+        if self.secret_env or any(c.secret_env for _, c in self.extra_containers):
+            reasons["CKV_K8S_35"] = (
+                "secretEnv chosen by the workload: its program reads these values from the "
+                "environment (mount the Secret as a volume, or use IRSA, to avoid it)"
             )
         if self.run_as_user is not None and self.run_as_user < 10000:
             reasons["CKV_K8S_40"] = (
