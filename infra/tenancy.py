@@ -13,6 +13,11 @@
 - NetworkPolicies: deny all ingress and egress, then one policy per opening,
   each switchable in settings, so `kubectl get netpol` reads as a list of
   what is allowed.
+- Optional: ResourceQuotas per priority class (`scopeSelector`), LimitRange
+  max/min/ratio and PVC size bounds.
+- Access: a RoleBinding `team-edit` (ClusterRole `edit`) for the team's
+  Kubernetes groups; IAM members get EKS access entries (`TeamAccess`, built by
+  the composition root across teams) with the namespace-scoped edit policy.
 """
 
 from __future__ import annotations
@@ -426,9 +431,13 @@ class TeamNamespace(pulumi.ComponentResource):
             spec={"limits": limit_range_limits(team, args.max_gpus_per_container)},
             opts=child,
         )
-        if team.group_members:
+        groups = [*team.group_members]
+        if team.iam_members:
+            groups.append(team_group(team.name))
+        if groups:
             # Kubernetes' aggregated `edit` role: workloads, config and secrets of
-            # the namespace; no RBAC, quota or namespace changes.
+            # the namespace, and the custom resources whose operators aggregate
+            # into it (PyTorchJob, ...); no RBAC, quota or namespace changes.
             self.role_binding: k8s.rbac.v1.RoleBinding | None = k8s.rbac.v1.RoleBinding(
                 f"{name}-edit",
                 metadata=meta.metadata("team-edit", labels, ns_name),
@@ -439,7 +448,7 @@ class TeamNamespace(pulumi.ComponentResource):
                 },
                 subjects=[
                     {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": group}
-                    for group in team.group_members
+                    for group in groups
                 ],
                 opts=child,
             )
@@ -610,6 +619,13 @@ def network_policies(
 EDIT_POLICY = "AmazonEKSEditPolicy"
 
 
+def team_group(team: str) -> str:
+    """The Kubernetes group a team's IAM members get through their access entry
+    (bound to `edit` in the team namespace): EKS's access policies grant the
+    built-in kinds only, the group's RoleBinding also the aggregated custom ones."""
+    return f"mlplatform:team:{team}"
+
+
 @dataclass(frozen=True)
 class TeamAccessArgs:
     cluster_name: pulumi.Input[str]
@@ -620,9 +636,10 @@ class TeamAccessArgs:
 
 class TeamAccess(pulumi.ComponentResource):
     """EKS access entries for the teams' IAM members: one entry per principal
-    and one `AmazonEKSEditPolicy` association scoped to that principal's team
-    namespaces (EKS allows one association per principal and policy, so a
-    member of two teams gets one association naming both).
+    (in its teams' Kubernetes groups, see `team_group`) and one
+    `AmazonEKSEditPolicy` association scoped to that principal's team namespaces
+    (EKS allows one association per principal and policy, so a member of two
+    teams gets one association naming both).
 
     Outputs: `principals` (ARN -> namespaces).
     """
@@ -639,6 +656,7 @@ class TeamAccess(pulumi.ComponentResource):
                 cluster_name=args.cluster_name,
                 principal_arn=principal,
                 type="STANDARD",
+                kubernetes_groups=[team_group(ns) for ns in sorted(namespaces)],
                 opts=pulumi.ResourceOptions(parent=self),
             )
             aws.eks.AccessPolicyAssociation(

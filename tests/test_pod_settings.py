@@ -474,6 +474,10 @@ def test_team_access_entries_and_role_binding(team_run: Run) -> None:
     assert len(team_entries) == 1
     assert team_entries[0].inputs["principalArn"] == "arn:aws:iam::123456789012:role/ml-engineers"
     assert team_entries[0].inputs["type"] == "STANDARD"
+    assert team_entries[0].inputs["kubernetesGroups"] == [
+        "mlplatform:team:ml",
+        "mlplatform:team:vision",
+    ]
     (assoc,) = [
         a
         for a in team_run.by_type("aws:eks/accessPolicyAssociation:AccessPolicyAssociation")
@@ -488,13 +492,11 @@ def test_team_access_entries_and_role_binding(team_run: Run) -> None:
         "name": "edit",
     }
     assert binding["subjects"] == [
-        {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "ml-oncall"}
+        {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "ml-oncall"},
+        {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "mlplatform:team:ml"},
     ]
-    assert not [
-        m
-        for m in team_run.manifests()
-        if m["kind"] == "RoleBinding" and m["metadata"]["namespace"] == "vision"
-    ]
+    vision = team_run.manifest("RoleBinding", "team-edit", "vision")
+    assert [s["name"] for s in vision["subjects"]] == ["mlplatform:team:vision"]
 
 
 def test_groups_only_on_a_cluster_without_aws() -> None:
@@ -994,3 +996,31 @@ def test_bad_config(
     assert matching, f"no line for {key_path}:\n{err}"
     assert any(words in line for line in matching), err
     assert "Traceback" not in err
+
+
+def test_a_volume_without_mount_path_is_only_where_listed() -> None:
+    workload = {
+        "kind": "training",
+        "name": "logs",
+        "team": "ml",
+        "volumes": [
+            {"name": "logs", "emptyDir": "1Gi", "mountPath": "/logs"},
+            {"name": "shipper-config", "configMap": "fluent-bit-config"},
+        ],
+        "sidecars": [
+            {
+                "name": "shipper",
+                "image": "fluent/fluent-bit:3.2.4",
+                "volumeMounts": [
+                    {"volume": "logs", "mountPath": "/logs", "readOnly": True},
+                    {"volume": "shipper-config", "mountPath": "/fluent-bit/etc"},
+                ],
+            }
+        ],
+    }
+    pod = pod_spec(run(stack(workload)).manifest("Job", "logs", "ml"))
+    main = [m["name"] for m in pod["containers"][0]["volumeMounts"]]
+    assert "logs" in main and "shipper-config" not in main
+    sidecar = [m["name"] for m in pod["initContainers"][0]["volumeMounts"]]
+    assert {"logs", "shipper-config"} <= set(sidecar)
+    assert "shipper-config" in {v["name"] for v in pod["volumes"]}

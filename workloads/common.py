@@ -124,7 +124,11 @@ class PodVolume(_Model):
         description="Volume name, unique in the workload; not one the platform uses in "
         "that workload (" + ", ".join(sorted(RESERVED_VOLUMES)) + ", by kind)."
     )
-    mount_path: AbsPath = Field(description="Where the main container sees it (absolute path).")
+    mount_path: AbsPath | None = Field(
+        None,
+        description="Where the main container sees it (absolute path). Unset: only the "
+        "init containers and sidecars that list it in `volumeMounts` see it.",
+    )
     sub_path: RelPath | None = Field(None, description="Mount only this file or directory of it.")
     read_only: bool = Field(
         False, description="Mount read-only (ConfigMaps and Secrets are read-only anyway)."
@@ -165,7 +169,9 @@ class PodVolume(_Model):
             secret=self.secret,
         )
 
-    def mount(self) -> pod.Mount:
+    def mount(self) -> pod.Mount | None:
+        if self.mount_path is None:
+            return None
         return pod.Mount(self.name, self.mount_path, self.read_only, self.sub_path)
 
 
@@ -582,6 +588,8 @@ class WorkloadSpec(_Model):
                     )
                 )
             names.setdefault(v.name, i)
+            if v.mount_path is None:
+                continue
             if v.mount_path in self.platform_mounts().values():
                 problems.append(
                     (
@@ -833,7 +841,7 @@ def pod_spec(
     (volumes, init containers, sidecars, labels, annotations, node selector,
     identity, root filesystem). `containers` are the main ones: they get the
     spec's volumes and working directory."""
-    mounts = [v.mount() for v in spec.volumes]
+    mounts = [m for v in spec.volumes if (m := v.mount()) is not None]
     main = [
         dataclasses.replace(
             c,
