@@ -578,17 +578,19 @@ def _limit_range_problems(
             )
             continue
         checks = (
-            ("cpu", shape.cpu, cpu_limit, "cpuLimit"),
-            ("memory", shape.memory, memory_limit, "memoryLimit"),
+            ("cpu", shape.cpu, cpu_limit, shape.cpu_limit, "cpuLimit"),
+            ("memory", shape.memory, memory_limit, shape.memory_limit, "memoryLimit"),
         )
-        for resource, request, limit, limit_key in checks:
-            key = (*at, *loc) if loc == ("model", "uri") else (*at, *loc, resource)
+        for resource, request, limit, own_limit, limit_key in checks:
+            fetcher = loc == ("model", "uri")
+            key = (*at, *loc) if fetcher else (*at, *loc, resource)
+            limit_at = (*at, *loc, limit_key) if own_limit is not None and not fetcher else key
             high, low = getattr(lim.max, resource), getattr(lim.min, resource)
             ratio = getattr(lim.max_limit_request_ratio, resource)
             if high is not None and limit is not None and q(limit) > q(high):
                 problems.append(
                     (
-                        key if limit == request else (*key[:-1], limit_key),
+                        limit_at,
                         f"{who}'s {resource} limit {limit} is above the LimitRange max of team "
                         f"{team.name!r} ({where}.max.{resource}: {high})",
                     )

@@ -694,6 +694,13 @@ BAD: list[tuple[str, dict[str, Any], dict[str, Any], str, str]] = [
         "above the LimitRange max of team 'ml'",
     ),
     (
+        "cpu-limit-above-team-max",
+        TRAIN_MIN | {"cpuLimit": "64"},
+        {"teams": [{"name": "ml", "quota": {"gpus": 12}, "limits": {"max": {"cpu": "48"}}}]},
+        "mlplatform:workloads[0].cpuLimit",
+        "above the LimitRange max of team 'ml'",
+    ),
+    (
         "limit-ratio",
         TRAIN_MIN | {"memoryLimit": "128Gi"},
         {
