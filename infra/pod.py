@@ -205,6 +205,7 @@ class PodSpec:
     # Node daemons on GPU nodes:
     gpu_daemon: bool = False
     skip_host_device_plugin: bool = False
+    skip_device_plugin_values: Sequence[str] = ()
     service_account: str | None = None
     automount_service_account_token: bool = False
     shm_size: str | None = None
@@ -271,7 +272,8 @@ def pod_template(spec: PodSpec) -> dict[str, Any]:
     placement: dict[str, Any] = {}
     if spec.gpu_daemon:
         placement = scheduling.gpu_daemon_placement(
-            skip_host_device_plugin=spec.skip_host_device_plugin
+            skip_host_device_plugin=spec.skip_host_device_plugin,
+            skip_device_plugin_values=spec.skip_device_plugin_values,
         )
     elif spec.gpus:
         placement = scheduling.gpu_placement(

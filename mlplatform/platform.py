@@ -89,7 +89,14 @@ class Platform(pulumi.ComponentResource):
         self.device_plugin = (
             NvidiaDevicePlugin(
                 f"{name}-device-plugin",
-                NvidiaDevicePluginArgs(settings=s.device_plugin),
+                NvidiaDevicePluginArgs(
+                    settings=s.device_plugin,
+                    pools={
+                        g.name: g.effective_device_plugin(s.device_plugin)
+                        for g in s.gpu_node_groups
+                        if g.device_plugin is not None
+                    },
+                ),
                 opts=k8s_opts,
             )
             if s.device_plugin.enabled

@@ -119,6 +119,9 @@ class GpuPool:
     # when the stack does not know them all (nodes it does not create).
     labels: Mapping[str, frozenset[str]] | None = None
     mig_capable: bool = False
+    mig_mixed: bool = False  # advertises nvidia.com/mig-<profile> (mixed strategy)
+    # Time-sliced with failRequestsGreaterThanOne: pods asking >1 GPU are rejected.
+    rejects_multi_gpu: bool = False
 
     def satisfies(self, selector: Mapping[str, str]) -> bool:
         """Could a node of this pool match the node selector?"""
@@ -277,19 +280,24 @@ class PlatformSettings(_Model):
                     "'mixed' needs MIG-capable GPUs (A100, H100, H200) in some node group",
                 )
             )
-        if dp.mig_strategy == "single":
-            # `mixed` advertises GPUs without MIG as nvidia.com/gpu, so MIG and
-            # plain groups mix; `single` is meant for nodes whose GPUs are all MIG.
-            for i, group in enumerate(self.gpu_node_groups):
-                if not group.instance_type_info.mig_capable:
-                    problems.append(
-                        (
-                            ("gpuNodeGroups", i, "instanceTypes"),
-                            f"{group.instance_type_info.gpu_model} GPUs do not support MIG "
-                            "(devicePlugin.migStrategy is 'single'; use 'mixed' to run "
-                            "MIG and plain GPU groups side by side)",
-                        )
+        # `mixed` advertises GPUs without MIG as nvidia.com/gpu, so MIG and plain
+        # groups mix; `single` is meant for nodes whose GPUs are all MIG. (A
+        # group's own devicePlugin is checked by the group.)
+        for i, group in enumerate(self.gpu_node_groups):
+            own = group.device_plugin
+            if (
+                dp.mig_strategy == "single"
+                and (own is None or own.mig_strategy is None)
+                and not group.instance_type_info.mig_capable
+            ):
+                problems.append(
+                    (
+                        ("gpuNodeGroups", i, "instanceTypes"),
+                        f"{group.instance_type_info.gpu_model} GPUs do not support MIG "
+                        "(devicePlugin.migStrategy is 'single'; use 'mixed' to run "
+                        "MIG and plain GPU groups side by side)",
                     )
+                )
         problems += self._check_workloads()
         if problems:
             raise FieldProblems(problems)
@@ -300,7 +308,6 @@ class PlatformSettings(_Model):
         teams = {t.name: t for t in self.teams}
         known_accelerators = {p.accelerator for p in self.gpu_pools if p.accelerator}
         seen: dict[tuple[str, str], int] = {}
-        dp = self.device_plugin
         if self.runtime_image.build is not None and not self.cluster.uses_aws:
             problems.append(
                 (
@@ -344,36 +351,29 @@ class PlatformSettings(_Model):
                             f"{', '.join(sorted(known_accelerators)) or 'no labelled GPU nodes'}",
                         )
                     )
-            if w.mig_profile and dp.mig_strategy != "mixed":
+            reachable = [
+                p
+                for p in self.pools_for(w.priority_class, w.accelerators)
+                if p.satisfies(w.node_selector)
+            ]
+            if w.mig_profile and not any(p.mig_mixed for p in reachable):
                 problems.append(
                     (
                         (*at, "migProfile"),
-                        "MIG resources per profile need devicePlugin.migStrategy: mixed",
+                        "MIG resources per profile need MIG-capable GPU nodes (A100, H100, "
+                        "H200) it may run on with migStrategy: mixed (devicePlugin, or the "
+                        "group's own devicePlugin)",
                     )
                 )
-            elif w.mig_profile and not any(
-                p.mig_capable for p in self.pools_for(w.priority_class, w.accelerators)
-            ):
-                problems.append(
-                    (
-                        (*at, "migProfile"),
-                        "no MIG-capable GPU nodes (A100, H100, H200) it may run on",
-                    )
-                )
-            ts = dp.time_slicing
-            if (
-                dp.sharing_enabled
-                and ts.fail_requests_greater_than_one
-                and w.gpus > 1
-                and not w.mig_profile
-            ):
+            shared = [p.name for p in reachable if p.rejects_multi_gpu]
+            if shared and w.gpus > 1 and not w.mig_profile:
                 problems.append(
                     (
                         (*at, "gpus"),
-                        f"{w.gpus} GPUs per pod on time-sliced GPUs "
-                        f"(devicePlugin.timeSlicing.replicas {ts.replicas}): the device plugin "
-                        "rejects requests for more than one shared GPU "
-                        "(failRequestsGreaterThanOne); ask for 1, or turn time-slicing off",
+                        f"{w.gpus} GPUs per pod on time-sliced GPUs (node groups "
+                        f"{', '.join(shared)}): the device plugin rejects requests for more "
+                        "than one shared GPU (failRequestsGreaterThanOne); ask for 1, keep it "
+                        "off those groups (accelerators, nodeSelector), or turn time-slicing off",
                     )
                 )
             problems += self._node_selector_problems(w, at)
@@ -466,6 +466,13 @@ class PlatformSettings(_Model):
 
     @property
     def gpu_pools(self) -> list[GpuPool]:
+        def mixed(settings: DevicePluginSettings) -> bool:
+            return settings.mig_strategy == "mixed"
+
+        def rejects_multi_gpu(settings: DevicePluginSettings) -> bool:
+            ts = settings.time_slicing
+            return settings.sharing_enabled and ts.fail_requests_greater_than_one
+
         return [
             GpuPool(
                 g.name,
@@ -474,10 +481,20 @@ class PlatformSettings(_Model):
                 g.is_spot,
                 labels=_known_labels(node_labels(g), list(g.instance_types), g.is_spot),
                 mig_capable=g.instance_type_info.mig_capable,
+                mig_mixed=mixed(g.effective_device_plugin(self.device_plugin)),
+                rejects_multi_gpu=rejects_multi_gpu(g.effective_device_plugin(self.device_plugin)),
             )
             for g in self.gpu_node_groups
         ] + [
-            GpuPool(n.name, n.gpus_per_node, n.accelerator, False, mig_capable=True)
+            GpuPool(
+                n.name,
+                n.gpus_per_node,
+                n.accelerator,
+                False,
+                mig_capable=True,
+                mig_mixed=mixed(self.device_plugin),
+                rejects_multi_gpu=rejects_multi_gpu(self.device_plugin),
+            )
             for n in self.cluster.existing_gpu_nodes
         ]
 

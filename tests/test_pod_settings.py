@@ -1031,3 +1031,144 @@ def test_a_volume_without_mount_path_is_only_where_listed() -> None:
     sidecar = [m["name"] for m in pod["initContainers"][0]["volumeMounts"]]
     assert {"logs", "shipper-config"} <= set(sidecar)
     assert "shipper-config" in {v["name"] for v in pod["volumes"]}
+
+
+# -- Per-pool device plugin settings -------------------------------------------------
+
+POOLS = [
+    {
+        "name": "l4",
+        "instanceTypes": ["g6.xlarge"],
+        "maxSize": 4,
+        "devicePlugin": {"timeSlicing": {"replicas": 4}},
+    },
+    {
+        "name": "a100",
+        "instanceTypes": ["p4d.24xlarge"],
+        "maxSize": 1,
+        "devicePlugin": {"migStrategy": "mixed"},
+    },
+    {"name": "h100", "instanceTypes": ["p5.48xlarge"], "maxSize": 1},
+]
+
+
+def test_per_pool_device_plugin_configs() -> None:
+    workloads = [
+        {
+            "kind": "training",
+            "name": "whole",
+            "team": "ml",
+            "gpus": 8,
+            "accelerators": ["nvidia-h100"],
+        },
+        {"kind": "training", "name": "slice", "team": "ml", "gpus": 1, "migProfile": "1g.5gb"},
+        {
+            "kind": "training",
+            "name": "shared",
+            "team": "ml",
+            "gpus": 1,
+            "accelerators": ["nvidia-l4"],
+        },
+    ]
+    r = run(stack(*workloads, gpuNodeGroups=POOLS, teams=[{"name": "ml", "quota": {"gpus": 16}}]))
+    default = r.manifest("DaemonSet", "nvidia-device-plugin", "kube-system")
+    (term,) = pod_spec(default)["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]["nodeSelectorTerms"]
+    assert {
+        "key": "mlplatform.io/nvidia-device-plugin",
+        "operator": "NotIn",
+        "values": ["host", "daemonset-a100", "daemonset-l4"],
+    } in term["matchExpressions"]
+    for pool in ("l4", "a100"):
+        ds = r.manifest("DaemonSet", f"nvidia-device-plugin-{pool}", "kube-system")
+        assert pod_spec(ds)["nodeSelector"] == {
+            "mlplatform.io/nvidia-device-plugin": f"daemonset-{pool}"
+        }
+    l4 = yaml.safe_load(
+        r.manifest("ConfigMap", "nvidia-device-plugin-l4-config", "kube-system")["data"][
+            "config.yaml"
+        ]
+    )
+    assert l4["sharing"]["timeSlicing"]["resources"] == [{"name": "nvidia.com/gpu", "replicas": 4}]
+    assert l4["flags"]["migStrategy"] == "none"
+    a100 = yaml.safe_load(
+        r.manifest("ConfigMap", "nvidia-device-plugin-a100-config", "kube-system")["data"][
+            "config.yaml"
+        ]
+    )
+    assert a100["flags"]["migStrategy"] == "mixed" and "sharing" not in a100
+    default_config = yaml.safe_load(
+        r.manifest("ConfigMap", "nvidia-device-plugin-config", "kube-system")["data"]["config.yaml"]
+    )
+    assert default_config["flags"]["migStrategy"] == "none"
+    groups = {
+        g.inputs["labels"].get("mlplatform.io/node-group"): g
+        for g in r.by_type("aws:eks/nodeGroup:NodeGroup")
+    }
+    assert groups["l4"].inputs["labels"]["mlplatform.io/nvidia-device-plugin"] == "daemonset-l4"
+    assert groups["h100"].inputs["labels"]["mlplatform.io/nvidia-device-plugin"] == "daemonset"
+    # The autoscaler's template counts the l4 group's slices.
+    tags = {
+        t.inputs["tag"]["key"]: t.inputs["tag"]["value"]
+        for t in r.by_type("aws:autoscaling/tag:Tag")
+        if "gpu-l4" in t.name
+    }
+    assert tags["k8s.io/cluster-autoscaler/node-template/resources/nvidia.com/gpu"] == "4"
+
+
+@pytest.mark.parametrize(
+    ("workload", "groups", "key_path", "words"),
+    [
+        (
+            TRAIN_MIN | {"gpus": 2},
+            POOLS,
+            "mlplatform:workloads[0].gpus",
+            "time-sliced GPUs (node groups l4)",
+        ),
+        (
+            TRAIN_MIN | {"gpus": 1, "migProfile": "1g.5gb", "accelerators": ["nvidia-h100"]},
+            POOLS,
+            "mlplatform:workloads[0].migProfile",
+            "migStrategy: mixed",
+        ),
+        (
+            TRAIN_MIN,
+            [POOLS[0] | {"devicePlugin": {"migStrategy": "mixed"}}],
+            "mlplatform:gpuNodeGroups[0].devicePlugin.migStrategy",
+            "L4 GPUs do not support MIG",
+        ),
+        (
+            TRAIN_MIN,
+            [POOLS[0] | {"amiType": "BOTTLEROCKET_x86_64_NVIDIA"}],
+            "mlplatform:gpuNodeGroups[0].devicePlugin",
+            "Bottlerocket runs its own device plugin",
+        ),
+    ],
+    ids=["multi-gpu-on-sliced-pool", "mig-off-mixed-pools", "mig-on-l4", "bottlerocket"],
+)
+def test_bad_pool_config(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    workload: dict[str, Any],
+    groups: list[dict[str, Any]],
+    key_path: str,
+    words: str,
+) -> None:
+    config = stack(workload, gpuNodeGroups=groups, teams=[{"name": "ml", "quota": {"gpus": 4}}])
+    path = tmp_path / "Pulumi.bad.yaml"
+    path.write_text(yaml.safe_dump({"config": config}))
+    code = preview_cli.main(
+        ["--stack", "bad", "--stack-file", str(path), "--out", str(tmp_path / "b")]
+    )
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = [line.strip() for line in err.splitlines() if line.strip().startswith(f"{key_path}:")]
+    assert any(words in line for line in lines), err
+    assert "Traceback" not in err
+
+
+def test_multi_gpu_pod_kept_off_the_sliced_pool_is_fine() -> None:
+    workload = TRAIN_MIN | {"gpus": 2, "accelerators": ["nvidia-h100"]}
+    r = run(stack(workload, gpuNodeGroups=POOLS, teams=[{"name": "ml", "quota": {"gpus": 16}}]))
+    assert r.manifest("Job", "t", "ml")
