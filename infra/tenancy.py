@@ -92,6 +92,8 @@ class TeamQuota(_Model):
     persistent_volume_claims: int = Field(10, ge=0, description="`persistentvolumeclaims`.")
     storage: Quantity = Field("1Ti", description="`requests.storage` over all PVCs.")
     jobs: int = Field(20, ge=0, description="`count/jobs.batch`.")
+    cron_jobs: int | None = Field(None, ge=0, description="`count/cronjobs.batch`. Default: none.")
+    services: int | None = Field(None, ge=0, description="`services`. Default: none.")
     by_priority_class: dict[PriorityClassName, ScopedQuota] = Field(
         {},
         description="Extra ResourceQuotas per priority class (`team-quota-<class>`, scoped "
@@ -496,6 +498,10 @@ def quota_hard(team: TeamSettings) -> dict[str, str]:
     }
     if q.cpu_limits is not None:
         hard["limits.cpu"] = q.cpu_limits
+    if q.cron_jobs is not None:
+        hard["count/cronjobs.batch"] = str(q.cron_jobs)
+    if q.services is not None:
+        hard["services"] = str(q.services)
     return hard
 
 

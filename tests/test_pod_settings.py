@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from infra import pod
 from policies import rules
 from policies.rules import PolicyConfig, Resource
 from tests.helpers import base_config, pod_spec, run
@@ -1172,3 +1173,66 @@ def test_multi_gpu_pod_kept_off_the_sliced_pool_is_fine() -> None:
     workload = TRAIN_MIN | {"gpus": 2, "accelerators": ["nvidia-h100"]}
     r = run(stack(workload, gpuNodeGroups=POOLS, teams=[{"name": "ml", "quota": {"gpus": 16}}]))
     assert r.manifest("Job", "t", "ml")
+
+
+def test_field_env_and_team_object_counts() -> None:
+    workload = {
+        "kind": "training",
+        "name": "fe",
+        "team": "ml",
+        "fieldEnv": {"WORKER_ID": "metadata.name", "POOL": "metadata.labels['example.com/pool']"},
+    }
+    team = {"name": "ml", "quota": {"gpus": 4, "cronJobs": 10, "services": 20}}
+    r = run(stack(workload, teams=[team]))
+    env = _env(_main(r.manifest("Job", "fe", "ml")))
+    assert env["WORKER_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["POOL"] == {"fieldRef": {"fieldPath": "metadata.labels['example.com/pool']"}}
+    hard = r.manifest("ResourceQuota", "team-quota", "ml")["spec"]["hard"]
+    assert hard["count/cronjobs.batch"] == "10" and hard["services"] == "20"
+
+
+def test_bad_field_env() -> None:
+    from workloads.training import TrainingJobSpec
+
+    with pytest.raises(ValueError, match="not a downward API field"):
+        TrainingJobSpec.model_validate(
+            {"kind": "training", "name": "x", "team": "ml", "fieldEnv": {"A": "spec.containers"}}
+        )
+
+
+def test_python_api_takes_the_same_pod_settings() -> None:
+    """The settings are fields of the specs: Python callers build the same pods."""
+    from workloads import common
+    from workloads.training import TrainingJobSpec
+
+    spec = TrainingJobSpec(
+        kind="training",
+        name="py",
+        team="ml",
+        image=IMAGE,
+        command=["python", "train.py"],
+        gpus=1,
+        checkpoint=False,
+        volumes=[
+            common.PodVolume(name="code", config_map="training-code", mount_path="/app"),
+            common.PodVolume(name="cache", empty_dir="10Gi", mount_path="/cache"),
+        ],
+        sidecars=[common.ExtraContainer(name="proxy", image="envoyproxy/envoy:v1.31.2")],
+        working_dir="/app",
+        node_selector={"example.com/pool": "l4"},
+        cpu_limit="4",
+        run_as_user=1000,
+    )
+    ctx = common.WorkloadContext(environment="test", namespace="ml", runtime_image="")
+    main = pod.Container(
+        name="trainer", image=IMAGE, resources=common.resources(spec), command=spec.command
+    )
+    template = common.pod_spec(spec, ctx, {"app.kubernetes.io/name": "py"}, [main])
+    pod_spec_ = template["spec"]
+    assert pod_spec_["nodeSelector"] == {"example.com/pool": "l4"}
+    assert pod_spec_["securityContext"]["runAsUser"] == 1000
+    assert pod_spec_["initContainers"][0]["restartPolicy"] == "Always"
+    c = pod_spec_["containers"][0]
+    assert c["workingDir"] == "/app"
+    assert c["resources"]["limits"]["cpu"] == "4"
+    assert {"name": "cache", "mountPath": "/cache"} in c["volumeMounts"]

@@ -31,6 +31,17 @@ IRSA_ANNOTATION = "eks.amazonaws.com/role-arn"
 _IMAGE = re.compile(r"^[a-z0-9][a-z0-9._/:-]*(@sha256:[a-f0-9]{64})?$")
 _SECRET_REF = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[-._a-zA-Z0-9]+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Downward API fields an environment variable may take (`fieldRef`).
+FIELD_PATHS = (
+    "metadata.name",
+    "metadata.namespace",
+    "metadata.uid",
+    "spec.nodeName",
+    "spec.serviceAccountName",
+    "status.hostIP",
+    "status.podIP",
+)
+_FIELD_MAP = re.compile(r"^metadata\.(labels|annotations)\['[^']+'\]$")
 
 
 def _workload_name(value: str) -> str:
@@ -413,6 +424,12 @@ class WorkloadSpec(_Model):
         {},
         description="Environment variables from Secrets: `NAME: <secret>/<key>`.",
     )
+    field_env: dict[str, str] = Field(
+        {},
+        description="Environment variables from the pod itself (downward API): `NAME: "
+        "<field path>`, e.g. `WORKER_ID: metadata.name`, `NODE: spec.nodeName`, "
+        "`metadata.labels['<key>']`.",
+    )
     cpu: Quantity = Field(
         "2",
         description="CPU request (no CPU limit unless `cpuLimit`: throttling slows input "
@@ -527,6 +544,25 @@ class WorkloadSpec(_Model):
         ]
         problems += [
             ((k,), "not a valid environment variable name") for k in value if not _ENV_NAME.match(k)
+        ]
+        if problems:
+            raise FieldProblems(problems)
+        return value
+
+    @field_validator("field_env")
+    @classmethod
+    def _check_field_env(cls, value: dict[str, str]) -> dict[str, str]:
+        problems: list[tuple[Loc, str]] = [
+            ((k,), "not a valid environment variable name") for k in value if not _ENV_NAME.match(k)
+        ]
+        problems += [
+            (
+                (k,),
+                f"{v!r} is not a downward API field (" + ", ".join(FIELD_PATHS) + ", or "
+                "metadata.labels['<key>'] / metadata.annotations['<key>'])",
+            )
+            for k, v in value.items()
+            if v not in FIELD_PATHS and not _FIELD_MAP.match(v)
         ]
         if problems:
             raise FieldProblems(problems)
@@ -801,6 +837,7 @@ def container_env(
     env.update(extra or {})
     env.update(spec.env)
     env.update(_secret_env(spec.secret_env))
+    env.update({name: pod.FieldRef(path) for name, path in spec.field_env.items()})
     return env
 
 
