@@ -414,9 +414,13 @@ def test_the_parser_rejects_broken_promql() -> None:
 
 def test_hpa_custom_metric_is_served_by_the_adapter(observed: Run) -> None:
     release = observed.one("kubernetes:helm.sh/v3:Release", "mlplatform-monitoring-adapter")
-    (rule,) = release.inputs["values"]["rules"]["custom"]
-    assert rule["seriesQuery"].startswith(CustomMetric().name + "{")
-    assert CustomMetric().name in metric_catalog.RUNTIME_SERIES
+    rules = release.inputs["values"]["rules"]["custom"]
+    (rule,) = [r for r in rules if r["name"]["as"] == "mlserve_inflight_requests"]
+    assert rule["seriesQuery"] == 'mlserve_inflight_requests{namespace!="",pod!=""}'
+    assert rule["name"]["matches"] == "^mlserve_inflight_requests$"
+    assert rule["metricsQuery"] == "sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)"
+    assert CustomMetric().name is None  # the runtime's queue metric
+    assert "mlserve_inflight_requests" in metric_catalog.RUNTIME_SERIES
 
 
 # -- dashboards --------------------------------------------------------------------

@@ -974,12 +974,13 @@ def network_policies(
     ctx: WorkloadContext,
     selector: Mapping[str, str],
     *,
-    http_port: int | None = None,
+    serving_ports: Sequence[int] = (),
 ) -> dict[str, dict[str, Any]]:
     """The openings a workload needs beyond its team's policies, by kind:
 
-    - inference: ingress on its HTTP port from the gateway namespace (and from
-      its own namespace when the team does not already allow that);
+    - inference: ingress on its serving ports (HTTP and gRPC, not a port that
+      only serves metrics) from the gateway namespace (and from its own
+      namespace when the team does not already allow that);
     - distributed: all traffic between the job's own pods (rendezvous, NCCL
       and gloo use ephemeral ports), even where the team forbids
       intra-namespace traffic;
@@ -989,7 +990,7 @@ def network_policies(
     pods = {"matchLabels": dict(selector)}
     policies: dict[str, dict[str, Any]] = {}
     if kind == "inference":
-        assert http_port is not None
+        assert serving_ports
         sources: list[dict[str, Any]] = [
             {
                 "namespaceSelector": {
@@ -1002,7 +1003,12 @@ def network_policies(
         policies[f"{spec.name}-ingress"] = {
             "podSelector": pods,
             "policyTypes": ["Ingress"],
-            "ingress": [{"from": sources, "ports": [{"protocol": "TCP", "port": http_port}]}],
+            "ingress": [
+                {
+                    "from": sources,
+                    "ports": [{"protocol": "TCP", "port": port} for port in serving_ports],
+                }
+            ],
         }
     if kind == "distributed":
         peers = [{"podSelector": pods}]
@@ -1034,10 +1040,12 @@ def open_network(
     labels: Mapping[str, str],
     parent: pulumi.Resource,
     *,
-    http_port: int | None = None,
+    serving_ports: Sequence[int] = (),
 ) -> list[k8s.networking.v1.NetworkPolicy]:
     """Create the NetworkPolicies `network_policies()` derives for the workload."""
-    policies = network_policies(kind, spec, ctx, meta.selector(dict(labels)), http_port=http_port)
+    policies = network_policies(
+        kind, spec, ctx, meta.selector(dict(labels)), serving_ports=serving_ports
+    )
     return [
         k8s.networking.v1.NetworkPolicy(
             f"{name}-netpol-{policy_name}",
