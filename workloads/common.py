@@ -588,7 +588,7 @@ class WorkloadSpec(_Model):
         problems: list[tuple[Loc, str]] = []
         problems += _limit_problems(self.cpu, self.cpu_limit, self.memory, self.memory_limit)
         problems += self._pod_setting_problems()
-        if self.command is not None and self.image is None:
+        if self.command is not None and self.image is None and self._own_command_needs_image:
             problems.append((("command",), "a custom command needs a custom `image`"))
         if self.mig_profile and self.gpus == 0:
             problems.append((("gpus",), "set the number of MIG slices (>= 1) with migProfile"))
@@ -686,6 +686,12 @@ class WorkloadSpec(_Model):
         return problems
 
     # Facts derived from the spec ------------------------------------------
+
+    @property
+    def _own_command_needs_image(self) -> bool:
+        """Whether a `command` without an `image` is this check's business (a kind
+        with its own rules for `command` says no)."""
+        return True
 
     def platform_mounts(self) -> dict[str, str]:
         """Volume name -> path the platform mounts in this workload's main container."""

@@ -677,6 +677,10 @@ class InferenceServiceSpec(common.WorkloadSpec):
     # Runtime facts -----------------------------------------------------------
 
     @property
+    def _own_command_needs_image(self) -> bool:
+        return self.runtime not in ("vllm", "triton")  # refused with its own message
+
+    @property
     def uses_runtime(self) -> bool:
         return self.runtime == "mlplatform"
 
