@@ -204,6 +204,7 @@ class Platform(pulumi.ComponentResource):
                     monitoring_namespace=s.monitoring.namespace,
                     kueue_namespace=s.queueing.namespace,
                     pending_minutes=s.queueing.pending_alert_minutes,
+                    runbook_url=s.monitoring.runbook_url,
                     metrics_service_labels=METRICS_SERVICE_LABELS,
                     metrics_port=METRICS_PORT_NAME,
                     depends_on=[*self.monitoring.crd_dependencies, self.queueing.release],
