@@ -361,6 +361,13 @@ BAD = [
         "declared twice",
     ),
     (
+        "grpc-only-server-without-probes",
+        {k: v for k, v in CUSTOM.items() if k not in ("probes", "metrics", "customMetric")}
+        | {"ports": [{"name": "grpc", "port": 9000, "protocol": "grpc"}]},
+        "mlplatform:workloads[0].probes",
+        "declare `probes`",
+    ),
+    (
         "port-and-ports",
         CUSTOM | {"port": 8080},
         "mlplatform:workloads[0].port",

@@ -570,6 +570,14 @@ class InferenceServiceSpec(common.WorkloadSpec):
             numbers.setdefault(p.port, p.name)
         names = {p.name: p for p in ports}
         declared = ", ".join(names)
+        if self.probes is None and ports[0].protocol != "http":
+            problems.append(
+                (
+                    ("probes",),
+                    f"the first port ({ports[0].name!r}) is gRPC: the default HTTP probes need an "
+                    "HTTP port; declare `probes` (`grpc: true` or `tcp: true`)",
+                )
+            )
         if self.probes is not None:
             for kind in ("startup", "readiness", "liveness"):
                 probe: ProbeSpec | None = getattr(self.probes, kind)
