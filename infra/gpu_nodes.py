@@ -18,9 +18,10 @@ import pulumi
 import pulumi_aws as aws
 from pydantic import Field, field_validator, model_validator
 
-from infra import catalog, iam, instances, scheduling
+from infra import catalog, efa, iam, instances, scheduling
 from infra.config_types import DnsLabel, FieldProblems, Loc, _Model, check_scaling
 from infra.device_plugin import DevicePluginSettings
+from infra.efa import EfaSettings
 
 AmiType = Literal["AL2023_x86_64_NVIDIA", "BOTTLEROCKET_x86_64_NVIDIA"]
 
@@ -65,7 +66,12 @@ class GpuNodeGroupSettings(_Model):
     subnet_ids: list[str] = Field(
         [],
         description="Subnets for this group (e.g. one zone with a capacity reservation). "
-        "Default: the cluster's private subnets.",
+        "Default: the cluster's private subnets (EFA groups: one of them, `efa.subnetIndex`).",
+    )
+    efa: EfaSettings = Field(
+        default_factory=EfaSettings,
+        description="EFA fabric for multi-node training (p4d, p4de, p5, p5e, p5en): "
+        "interfaces, one zone, placement group, security group. See docs/efa.md.",
     )
 
     @field_validator("instance_types")
@@ -114,6 +120,50 @@ class GpuNodeGroupSettings(_Model):
         check_scaling(self.min_size, self.desired_size, self.max_size)
         return self
 
+    @model_validator(mode="after")
+    def _check_efa(self) -> GpuNodeGroupSettings:
+        known = [t for n in self.instance_types if (t := instances.lookup(n))]
+        if not known:
+            return self  # reported by the instance type check
+        fabrics = {t.efa for t in known}
+        problems: list[tuple[Loc, str]] = []
+        if self.efa.enabled:
+            missing = [t.name for t in known if t.efa is None]
+            if missing:
+                problems.append(
+                    (
+                        ("efa", "enabled"),
+                        f"{', '.join(missing)} has no EFA the platform supports; EFA "
+                        "types: " + ", ".join(sorted(instances.EFA_FABRICS)),
+                    )
+                )
+        if self.efa_enabled:
+            if len(fabrics) > 1:
+                problems.append(
+                    (
+                        ("instanceTypes",),
+                        "an EFA group's types need one network-card layout (the launch "
+                        "template lists every interface); use one group per type",
+                    )
+                )
+            if len(self.subnet_ids) > 1:
+                problems.append(
+                    (
+                        ("subnetIds",),
+                        "an EFA pool lives in one availability zone: give one subnet "
+                        "(or set efa.enabled: false)",
+                    )
+                )
+        if (self.efa.capacity_block or self.efa.capacity_reservation_id) and not self.efa_enabled:
+            problems.append((("efa",), "capacity reservations here are for EFA groups"))
+        if self.efa.capacity_block and not self.efa.capacity_reservation_id:
+            problems.append(
+                (("efa", "capacityBlock"), "a Capacity Block needs efa.capacityReservationId")
+            )
+        if problems:
+            raise FieldProblems(problems)
+        return self
+
     @property
     def instance_type_info(self) -> instances.GpuInstanceType:
         info = instances.lookup(self.instance_types[0])
@@ -136,6 +186,21 @@ class GpuNodeGroupSettings(_Model):
     def is_bottlerocket(self) -> bool:
         return self.ami_type.startswith("BOTTLEROCKET")
 
+    @property
+    def efa_enabled(self) -> bool:
+        """EFA on: asked for, or by default on a type with EFA."""
+        if self.efa.enabled is not None:
+            return self.efa.enabled
+        return all(
+            (t := instances.lookup(n)) is not None and t.efa is not None
+            for n in self.instance_types
+        )
+
+    @property
+    def efa_fabric(self) -> instances.EfaFabric | None:
+        """The EFA layout of the group's nodes when EFA is on."""
+        return self.instance_type_info.efa if self.efa_enabled else None
+
 
 CA_PREFIX = "k8s.io/cluster-autoscaler"
 
@@ -153,6 +218,7 @@ def node_labels(group: GpuNodeGroupSettings) -> dict[str, str]:
         catalog.NODE_GROUP_LABEL: group.name,
         catalog.DEVICE_PLUGIN_LABEL: "host" if group.is_bottlerocket else "daemonset",
         catalog.CAPACITY_TYPE_LABEL: "spot" if group.is_spot else "on-demand",
+        **(efa.node_labels() if group.efa_fabric else {}),
     }
 
 
@@ -176,6 +242,16 @@ def autoscaler_tags(
             advertised_gpus(group, device_plugin)
         ),
     }
+    fabric = group.efa_fabric
+    if fabric:
+        # EFA pods ask for these too: without them the autoscaler does not scale
+        # an empty EFA group up for them.
+        tags[f"{CA_PREFIX}/node-template/resources/{catalog.EFA_RESOURCE}"] = str(
+            fabric.network_cards
+        )
+        tags[f"{CA_PREFIX}/node-template/resources/{catalog.HUGEPAGES_2MI_RESOURCE}"] = (
+            group.efa.hugepages
+        )
     for key, value in node_labels(group).items():
         tags[f"{CA_PREFIX}/node-template/label/{key}"] = value
     for taint in scheduling.gpu_node_taints(group.is_spot):
@@ -205,6 +281,21 @@ class GpuNodeGroupArgs:
     kubernetes_version: str
     subnet_ids: pulumi.Input[list[str]]
     partition: pulumi.Input[str]
+    # EFA groups only: where the fabric's security group lives, and the cluster
+    # security group the nodes keep (interfaces in a launch template replace it).
+    vpc_id: pulumi.Input[str] | None = None
+    cluster_security_group_id: pulumi.Input[str] | None = None
+
+
+def _one_subnet(subnet_ids: pulumi.Input[list[str]], index: int) -> pulumi.Output[list[str]]:
+    def pick(ids: list[str]) -> list[str]:
+        if index >= len(ids):
+            raise pulumi.RunError(
+                f"efa.subnetIndex {index}: the cluster has {len(ids)} node subnets"
+            )
+        return [ids[index]]
+
+    return pulumi.Output.from_input(subnet_ids).apply(pick)
 
 
 class GpuNodeGroup(pulumi.ComponentResource):
@@ -221,16 +312,23 @@ class GpuNodeGroup(pulumi.ComponentResource):
         group = args.group
         self.role = iam.node_role(f"{name}-role", args.partition, parent=self)
         desired = group.desired_size if group.desired_size is not None else group.min_size
+        subnet_ids = args.subnet_ids
+        extra: dict[str, Any] = {"disk_size": group.disk_size_gib}
+        self.fabric: efa.EfaPoolFabric | None = None
+        if group.efa_fabric is not None:
+            self.fabric, extra = self._efa(name, args)
+            if not group.subnet_ids:
+                subnet_ids = _one_subnet(args.subnet_ids, group.efa.subnet_index)
         self.node_group = aws.eks.NodeGroup(
             f"{name}-nodes",
             cluster_name=args.cluster_name,
             node_role_arn=self.role.arn,
-            subnet_ids=args.subnet_ids,
+            subnet_ids=subnet_ids,
             version=args.kubernetes_version,
             ami_type=group.ami_type,
             capacity_type=group.capacity_type,
             instance_types=list(group.instance_types),
-            disk_size=group.disk_size_gib,
+            **extra,
             scaling_config={
                 "min_size": group.min_size,
                 "desired_size": desired,
@@ -267,6 +365,7 @@ class GpuNodeGroup(pulumi.ComponentResource):
             ).items()
         ]
         self.node_group_name = self.node_group.node_group_name
+        self.efa_interfaces = group.efa_fabric.network_cards if group.efa_fabric else 0
         self.role_arn = self.role.arn
         self.gpus_per_node = group.gpus_per_node
         self.max_gpus = group.max_gpus
@@ -279,5 +378,65 @@ class GpuNodeGroup(pulumi.ComponentResource):
                 "gpus_per_node": self.gpus_per_node,
                 "max_gpus": self.max_gpus,
                 "instance_types": self.instance_types,
+                "efa_interfaces": self.efa_interfaces,
             }
         )
+
+    def _efa(self, name: str, args: GpuNodeGroupArgs) -> tuple[efa.EfaPoolFabric, dict[str, Any]]:
+        """The EFA group's fabric and launch template; returns the node group's
+        launch-template argument (which replaces `disk_size`)."""
+        group = args.group
+        fabric_info = group.efa_fabric
+        assert fabric_info is not None and args.vpc_id is not None
+        fabric = efa.EfaPoolFabric(
+            f"{name}-efa",
+            efa.EfaFabricArgs(
+                group_name=group.name,
+                cluster_name=args.cluster_name_plain,
+                vpc_id=args.vpc_id,
+                settings=group.efa,
+            ),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        security_groups = [fabric.security_group_id]
+        if args.cluster_security_group_id is not None:
+            security_groups.insert(0, args.cluster_security_group_id)
+        template = aws.ec2.LaunchTemplate(
+            f"{name}-launch-template",
+            name_prefix=f"{args.cluster_name_plain}-{group.name}-",
+            description=f"EFA GPU nodes of {group.name}",
+            # Instance metadata: IMDSv2 only, one hop, so pods cannot reach the
+            # node role's credentials.
+            metadata_options={
+                "http_endpoint": "enabled",
+                "http_tokens": "required",
+                "http_put_response_hop_limit": 1,
+            },
+            block_device_mappings=[
+                {
+                    # The volume EKS's diskSize sizes: the root volume on AL2023,
+                    # the data volume (images, pods) on Bottlerocket.
+                    "device_name": "/dev/xvdb" if group.is_bottlerocket else "/dev/xvda",
+                    "ebs": {
+                        "volume_size": group.disk_size_gib,
+                        "volume_type": "gp3",
+                        "encrypted": "true",
+                        "delete_on_termination": "true",
+                    },
+                }
+            ],
+            tag_specifications=[
+                {
+                    "resource_type": "instance",
+                    "tags": {"Name": f"{args.cluster_name_plain}-{group.name}"},
+                }
+            ],
+            **efa.efa_launch_template_args(
+                fabric_info, group.efa, security_groups, fabric.placement_group_name
+            ),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.launch_template = template
+        return fabric, {
+            "launch_template": {"id": template.id, "version": template.latest_version.apply(str)}
+        }
