@@ -4,14 +4,16 @@ nccl-tests bus bandwidth formula, and the failing exit below a threshold
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import pytest
 
-from tests.runtime.conftest import events, free_port, run_module, runtime_env
 from workloads.runtime import contract
 from workloads.runtime.common import UsageError
 from workloads.runtime.nccl_test import bus_bandwidth, parse_bytes, sizes
+
+from .conftest import ROOT, events, free_port, run_module, runtime_env
 
 
 def test_sizes_and_units() -> None:
@@ -51,10 +53,6 @@ def _torchrun(*args: str) -> list[str]:
 
 
 def _run(*args: str) -> tuple[int, str, str]:
-    import subprocess
-
-    from tests.runtime.conftest import ROOT
-
     proc = subprocess.run(
         [sys.executable, *_torchrun(*args)],
         cwd=ROOT,
