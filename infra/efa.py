@@ -352,7 +352,9 @@ def device_plugin_exceptions(image_has_digest: bool, waiver: str | None) -> dict
         "CKV_K8S_40": root,
     }
     if not image_has_digest and waiver:
+        # Both checks ask for what a digest gives: an image that cannot change.
         reasons["CKV_K8S_43"] = waiver.replace("=", ":")
+        reasons["CKV_K8S_15"] = waiver.replace("=", ":")
     return meta.checkov_skips(reasons)
 
 
