@@ -371,3 +371,10 @@ def test_bad_efa_config_exits_2_naming_the_key(
     matching = [line.strip() for line in err.splitlines() if line.strip().startswith(key_path)]
     assert any(words in line for line in matching), err
     assert "Traceback" not in err
+
+
+def test_smoke_test_is_in_the_outputs_contract(efa_run: Run) -> None:
+    from mlplatform.outputs import StackOutputs
+
+    outputs = StackOutputs.model_validate(efa_run.outputs)
+    assert outputs.workloads["research/fabric-check"].kind == "nccl-test"
