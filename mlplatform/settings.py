@@ -225,6 +225,21 @@ class PlatformSettings(_Model):
                             f"(devicePlugin.migStrategy is {dp.mig_strategy!r})",
                         )
                     )
+        for i, group in enumerate(self.gpu_node_groups):
+            zones = self.cluster.vpc.availability_zones
+            if (
+                group.efa_fabric
+                and not group.subnet_ids
+                and self.cluster.mode == "create"
+                and group.efa.subnet_index >= zones
+            ):
+                problems.append(
+                    (
+                        ("gpuNodeGroups", i, "efa", "subnetIndex"),
+                        f"the cluster has {zones} private subnets (one per zone): "
+                        f"use 0-{zones - 1}",
+                    )
+                )
         problems += self._check_workloads()
         if problems:
             raise FieldProblems(problems)

@@ -334,6 +334,12 @@ BAD: list[tuple[str, dict[str, Any], str, str]] = [
         "cr-",
     ),
     (
+        "efa-subnet-index-past-the-zones",
+        {"gpuNodeGroups": [{**P5, "efa": {"subnetIndex": 3}}]},
+        "mlplatform:gpuNodeGroups[0].efa.subnetIndex",
+        "3 private subnets",
+    ),
+    (
         "efa-requests-on-a-non-efa-pool",
         {"workloads": [{**DIST, "accelerators": ["nvidia-l40s"], "gpus": 4, "efa": True}]},
         "mlplatform:workloads[0].efa",

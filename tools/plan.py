@@ -6,6 +6,7 @@ from collections import Counter
 
 from infra.gpu_nodes import advertised_gpus
 from tools.result import Preview
+from workloads.nccl_test import NcclTestSpec
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -62,7 +63,7 @@ def _efa_section(preview: Preview) -> list[str]:
         rows = []
         for w in distributed:
             pod = s.efa_for(w)
-            threshold = s.nccl_threshold(w) if w.kind == "nccl-test" else None  # type: ignore[arg-type]
+            threshold = s.nccl_threshold(w) if isinstance(w, NcclTestSpec) else None
             rows.append(
                 [
                     f"{w.team}/{w.name}",
