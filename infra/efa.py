@@ -31,6 +31,13 @@ EC2NodeClass has `networkInterfaces` (explicit layouts, `efa-only`) and
 EFA pools work on either provisioning path. The placement group and the
 security group are created here in both cases.
 
+Wiring, per path: a managed node group (infra/gpu_nodes.py) creates an
+`EfaPoolFabric` and merges `efa_launch_template_args()` into its launch
+template. A Karpenter pool creates the same `EfaPoolFabric`, adds
+`karpenter_node_class_fields()` to its EC2NodeClass spec (subnet selector: the
+pool's one subnet; security groups: the fabric's and the cluster's) and
+`node_labels()` to its NodePool template, so the EFA device plugin lands there.
+
 Pure helpers first (no resources), then the components.
 """
 
