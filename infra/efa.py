@@ -52,8 +52,8 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 from pydantic import Field
 
-from infra import catalog, meta, pod, scheduling
-from infra.config_types import Quantity, _Model
+from infra import catalog, instances, meta, pod, scheduling
+from infra.config_types import Loc, Quantity, _Model
 from infra.instances import EfaFabric
 
 # ---------------------------------------------------------------------------
@@ -126,6 +126,60 @@ DEVICE_PLUGIN_VERSION = "v0.5.20"
 # Amazon EKS's image account in most regions (us-east-1, us-west-2, eu-west-1, ...);
 # a few regions use another account: set efaDevicePlugin.image there.
 EKS_IMAGE_ACCOUNT = "602401143452"
+
+
+def resolve_fabric(settings: EfaSettings, instance_types: Sequence[str]) -> EfaFabric | None:
+    """The EFA layout of a group's nodes when EFA is on: asked for, or by default
+    when every instance type has EFA in the instance table."""
+    infos = [instances.lookup(n) for n in instance_types]
+    capable = bool(infos) and all(i is not None and i.efa is not None for i in infos)
+    enabled = settings.enabled if settings.enabled is not None else capable
+    first = infos[0] if infos else None
+    return first.efa if enabled and first is not None else None
+
+
+def group_problems(
+    settings: EfaSettings, instance_types: Sequence[str], subnet_ids: Sequence[str]
+) -> list[tuple[Loc, str]]:
+    """Configuration errors of a node group's EFA settings (key paths relative
+    to the group)."""
+    known = [t for n in instance_types if (t := instances.lookup(n))]
+    if not known:
+        return []  # reported by the instance type check
+    problems: list[tuple[Loc, str]] = []
+    missing = [t.name for t in known if t.efa is None]
+    if settings.enabled and missing:
+        problems.append(
+            (
+                ("efa", "enabled"),
+                f"{', '.join(missing)} has no EFA the platform supports; EFA types: "
+                + ", ".join(sorted(instances.EFA_FABRICS)),
+            )
+        )
+    enabled = resolve_fabric(settings, instance_types) is not None
+    if enabled and len({t.efa for t in known}) > 1:
+        problems.append(
+            (
+                ("instanceTypes",),
+                "an EFA group's types need one network-card layout (the launch template "
+                "lists every interface); use one group per type",
+            )
+        )
+    if enabled and len(subnet_ids) > 1:
+        problems.append(
+            (
+                ("subnetIds",),
+                "an EFA pool lives in one availability zone: give one subnet (or set "
+                "efa.enabled: false)",
+            )
+        )
+    if (settings.capacity_block or settings.capacity_reservation_id) and not enabled:
+        problems.append((("efa",), "capacity reservations here are for EFA groups"))
+    if settings.capacity_block and not settings.capacity_reservation_id:
+        problems.append(
+            (("efa", "capacityBlock"), "a Capacity Block needs efa.capacityReservationId")
+        )
+    return problems
 
 
 def device_plugin_image(settings: EfaDevicePluginSettings, region: str | None) -> str:
@@ -335,6 +389,99 @@ class EfaPoolFabric(pulumi.ComponentResource):
                 "placement_group_name": self.placement_group_name,
             }
         )
+
+
+@dataclass(frozen=True)
+class ManagedNodeGroupEfaArgs:
+    group_name: str
+    cluster_name: str
+    fabric: EfaFabric
+    settings: EfaSettings
+    vpc_id: pulumi.Input[str]
+    # The EKS cluster security group: interfaces in a launch template replace the
+    # groups EKS would attach, so each interface lists it with the fabric's.
+    cluster_security_group_id: pulumi.Input[str] | None
+    subnet_ids: pulumi.Input[list[str]]  # the cluster's node subnets (or the group's)
+    own_subnets: bool  # the group named its (one) subnet
+    disk_size_gib: int
+    bottlerocket: bool
+
+
+def _one_subnet(subnet_ids: pulumi.Input[list[str]], index: int) -> pulumi.Output[list[str]]:
+    def pick(ids: list[str]) -> list[str]:
+        if index >= len(ids):
+            raise pulumi.RunError(f"efa.subnetIndex {index}: the cluster has {len(ids)} subnets")
+        return [ids[index]]
+
+    return pulumi.Output.from_input(subnet_ids).apply(pick)
+
+
+class ManagedNodeGroupEfa:
+    """What an EFA managed node group adds, created under the node group component
+    (`parent`): the `EfaPoolFabric` and a launch template with every interface.
+    `node_group_args` replaces the node group's `disk_size` and `subnet_ids`.
+
+    The launch template also carries what any GPU node's should (IMDSv2 with hop
+    limit 1, the sized and encrypted volume); once every node group has its own
+    launch template, merge `efa_launch_template_args()` into that one instead.
+    """
+
+    def __init__(self, name: str, args: ManagedNodeGroupEfaArgs, parent: pulumi.Resource) -> None:
+        self.fabric = EfaPoolFabric(
+            f"{name}-efa",
+            EfaFabricArgs(
+                group_name=args.group_name,
+                cluster_name=args.cluster_name,
+                vpc_id=args.vpc_id,
+                settings=args.settings,
+            ),
+            opts=pulumi.ResourceOptions(parent=parent),
+        )
+        security_groups: list[pulumi.Input[str]] = [self.fabric.security_group_id]
+        if args.cluster_security_group_id is not None:
+            security_groups.insert(0, args.cluster_security_group_id)
+        label = f"{args.cluster_name}-{args.group_name}"
+        self.launch_template = aws.ec2.LaunchTemplate(
+            f"{name}-launch-template",
+            name_prefix=f"{label}-",
+            description=f"EFA GPU nodes of {args.group_name}",
+            # IMDSv2 only, one hop: pods cannot reach the node role's credentials.
+            metadata_options={
+                "http_endpoint": "enabled",
+                "http_tokens": "required",
+                "http_put_response_hop_limit": 1,
+            },
+            block_device_mappings=[
+                {
+                    # The volume EKS's diskSize sizes: the root volume on AL2023,
+                    # the data volume (images, pods) on Bottlerocket.
+                    "device_name": "/dev/xvdb" if args.bottlerocket else "/dev/xvda",
+                    "ebs": {
+                        "volume_size": args.disk_size_gib,
+                        "volume_type": "gp3",
+                        "encrypted": "true",
+                        "delete_on_termination": "true",
+                    },
+                }
+            ],
+            tag_specifications=[{"resource_type": "instance", "tags": {"Name": label}}],
+            **efa_launch_template_args(
+                args.fabric, args.settings, security_groups, self.fabric.placement_group_name
+            ),
+            opts=pulumi.ResourceOptions(parent=parent),
+        )
+        subnets = (
+            args.subnet_ids
+            if args.own_subnets
+            else _one_subnet(args.subnet_ids, args.settings.subnet_index)
+        )
+        self.node_group_args: dict[str, Any] = {
+            "subnet_ids": subnets,
+            "launch_template": {
+                "id": self.launch_template.id,
+                "version": self.launch_template.latest_version.apply(str),
+            },
+        }
 
 
 NAMESPACE = "kube-system"

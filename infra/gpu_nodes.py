@@ -122,44 +122,7 @@ class GpuNodeGroupSettings(_Model):
 
     @model_validator(mode="after")
     def _check_efa(self) -> GpuNodeGroupSettings:
-        known = [t for n in self.instance_types if (t := instances.lookup(n))]
-        if not known:
-            return self  # reported by the instance type check
-        fabrics = {t.efa for t in known}
-        problems: list[tuple[Loc, str]] = []
-        if self.efa.enabled:
-            missing = [t.name for t in known if t.efa is None]
-            if missing:
-                problems.append(
-                    (
-                        ("efa", "enabled"),
-                        f"{', '.join(missing)} has no EFA the platform supports; EFA "
-                        "types: " + ", ".join(sorted(instances.EFA_FABRICS)),
-                    )
-                )
-        if self.efa_enabled:
-            if len(fabrics) > 1:
-                problems.append(
-                    (
-                        ("instanceTypes",),
-                        "an EFA group's types need one network-card layout (the launch "
-                        "template lists every interface); use one group per type",
-                    )
-                )
-            if len(self.subnet_ids) > 1:
-                problems.append(
-                    (
-                        ("subnetIds",),
-                        "an EFA pool lives in one availability zone: give one subnet "
-                        "(or set efa.enabled: false)",
-                    )
-                )
-        if (self.efa.capacity_block or self.efa.capacity_reservation_id) and not self.efa_enabled:
-            problems.append((("efa",), "capacity reservations here are for EFA groups"))
-        if self.efa.capacity_block and not self.efa.capacity_reservation_id:
-            problems.append(
-                (("efa", "capacityBlock"), "a Capacity Block needs efa.capacityReservationId")
-            )
+        problems = efa.group_problems(self.efa, self.instance_types, self.subnet_ids)
         if problems:
             raise FieldProblems(problems)
         return self
@@ -187,19 +150,9 @@ class GpuNodeGroupSettings(_Model):
         return self.ami_type.startswith("BOTTLEROCKET")
 
     @property
-    def efa_enabled(self) -> bool:
-        """EFA on: asked for, or by default on a type with EFA."""
-        if self.efa.enabled is not None:
-            return self.efa.enabled
-        return all(
-            (t := instances.lookup(n)) is not None and t.efa is not None
-            for n in self.instance_types
-        )
-
-    @property
     def efa_fabric(self) -> instances.EfaFabric | None:
-        """The EFA layout of the group's nodes when EFA is on."""
-        return self.instance_type_info.efa if self.efa_enabled else None
+        """The EFA layout of the group's nodes when EFA is on (infra/efa.py)."""
+        return efa.resolve_fabric(self.efa, self.instance_types)
 
 
 CA_PREFIX = "k8s.io/cluster-autoscaler"
@@ -287,17 +240,6 @@ class GpuNodeGroupArgs:
     cluster_security_group_id: pulumi.Input[str] | None = None
 
 
-def _one_subnet(subnet_ids: pulumi.Input[list[str]], index: int) -> pulumi.Output[list[str]]:
-    def pick(ids: list[str]) -> list[str]:
-        if index >= len(ids):
-            raise pulumi.RunError(
-                f"efa.subnetIndex {index}: the cluster has {len(ids)} node subnets"
-            )
-        return [ids[index]]
-
-    return pulumi.Output.from_input(subnet_ids).apply(pick)
-
-
 class GpuNodeGroup(pulumi.ComponentResource):
     """An EKS managed GPU node group with its IAM role and autoscaler tags.
 
@@ -312,18 +254,32 @@ class GpuNodeGroup(pulumi.ComponentResource):
         group = args.group
         self.role = iam.node_role(f"{name}-role", args.partition, parent=self)
         desired = group.desired_size if group.desired_size is not None else group.min_size
-        subnet_ids = args.subnet_ids
-        extra: dict[str, Any] = {"disk_size": group.disk_size_gib}
-        self.fabric: efa.EfaPoolFabric | None = None
+        extra: dict[str, Any] = {"subnet_ids": args.subnet_ids, "disk_size": group.disk_size_gib}
+        self.efa_parts: efa.ManagedNodeGroupEfa | None = None
         if group.efa_fabric is not None:
-            self.fabric, extra = self._efa(name, args)
-            if not group.subnet_ids:
-                subnet_ids = _one_subnet(args.subnet_ids, group.efa.subnet_index)
+            # EFA: fabric, launch template and one subnet (replace disk_size/subnet_ids).
+            assert args.vpc_id is not None
+            self.efa_parts = efa.ManagedNodeGroupEfa(
+                name,
+                efa.ManagedNodeGroupEfaArgs(
+                    group_name=group.name,
+                    cluster_name=args.cluster_name_plain,
+                    fabric=group.efa_fabric,
+                    settings=group.efa,
+                    vpc_id=args.vpc_id,
+                    cluster_security_group_id=args.cluster_security_group_id,
+                    subnet_ids=args.subnet_ids,
+                    own_subnets=bool(group.subnet_ids),
+                    disk_size_gib=group.disk_size_gib,
+                    bottlerocket=group.is_bottlerocket,
+                ),
+                parent=self,
+            )
+            extra = self.efa_parts.node_group_args
         self.node_group = aws.eks.NodeGroup(
             f"{name}-nodes",
             cluster_name=args.cluster_name,
             node_role_arn=self.role.arn,
-            subnet_ids=subnet_ids,
             version=args.kubernetes_version,
             ami_type=group.ami_type,
             capacity_type=group.capacity_type,
@@ -381,62 +337,3 @@ class GpuNodeGroup(pulumi.ComponentResource):
                 "efa_interfaces": self.efa_interfaces,
             }
         )
-
-    def _efa(self, name: str, args: GpuNodeGroupArgs) -> tuple[efa.EfaPoolFabric, dict[str, Any]]:
-        """The EFA group's fabric and launch template; returns the node group's
-        launch-template argument (which replaces `disk_size`)."""
-        group = args.group
-        fabric_info = group.efa_fabric
-        assert fabric_info is not None and args.vpc_id is not None
-        fabric = efa.EfaPoolFabric(
-            f"{name}-efa",
-            efa.EfaFabricArgs(
-                group_name=group.name,
-                cluster_name=args.cluster_name_plain,
-                vpc_id=args.vpc_id,
-                settings=group.efa,
-            ),
-            opts=pulumi.ResourceOptions(parent=self),
-        )
-        security_groups = [fabric.security_group_id]
-        if args.cluster_security_group_id is not None:
-            security_groups.insert(0, args.cluster_security_group_id)
-        template = aws.ec2.LaunchTemplate(
-            f"{name}-launch-template",
-            name_prefix=f"{args.cluster_name_plain}-{group.name}-",
-            description=f"EFA GPU nodes of {group.name}",
-            # Instance metadata: IMDSv2 only, one hop, so pods cannot reach the
-            # node role's credentials.
-            metadata_options={
-                "http_endpoint": "enabled",
-                "http_tokens": "required",
-                "http_put_response_hop_limit": 1,
-            },
-            block_device_mappings=[
-                {
-                    # The volume EKS's diskSize sizes: the root volume on AL2023,
-                    # the data volume (images, pods) on Bottlerocket.
-                    "device_name": "/dev/xvdb" if group.is_bottlerocket else "/dev/xvda",
-                    "ebs": {
-                        "volume_size": group.disk_size_gib,
-                        "volume_type": "gp3",
-                        "encrypted": "true",
-                        "delete_on_termination": "true",
-                    },
-                }
-            ],
-            tag_specifications=[
-                {
-                    "resource_type": "instance",
-                    "tags": {"Name": f"{args.cluster_name_plain}-{group.name}"},
-                }
-            ],
-            **efa.efa_launch_template_args(
-                fabric_info, group.efa, security_groups, fabric.placement_group_name
-            ),
-            opts=pulumi.ResourceOptions(parent=self),
-        )
-        self.launch_template = template
-        return fabric, {
-            "launch_template": {"id": template.id, "version": template.latest_version.apply(str)}
-        }
