@@ -26,6 +26,14 @@ def is_gpu_resource(resource_name: str) -> bool:
     ) or resource_name.startswith(MIG_RESOURCE_PREFIX)
 
 
+# Elastic Fabric Adapter (infra/efa.py): the resource the AWS EFA device plugin
+# advertises, and the label EFA node groups carry (the plugin's DaemonSet selects it).
+EFA_RESOURCE = "vpc.amazonaws.com/efa"
+EFA_LABEL = f"{LABEL_PREFIX}/efa"
+HUGEPAGES_2MI_RESOURCE = "hugepages-2Mi"
+# Karpenter does not consolidate or drift a node whose pods carry this annotation.
+DO_NOT_DISRUPT_ANNOTATION = "karpenter.sh/do-not-disrupt"
+
 # Node labels and taints every GPU node group carries.
 GPU_PRESENT_LABEL = "nvidia.com/gpu.present"  # not set by GFD: the node group sets it
 ACCELERATOR_LABEL = "k8s.amazonaws.com/accelerator"  # Cluster Autoscaler's GPU label on AWS

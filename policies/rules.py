@@ -702,6 +702,7 @@ def container_resources(res: Resource, cfg: PolicyConfig) -> Iterator[str]:
 )
 def image_pinned(res: Resource, cfg: PolicyConfig) -> Iterator[str]:
     for t in pod_templates(res):
+        waived = _digest_waived(res)
         for key, c in _containers(t.spec):
             image = c.get("image")
             if not isinstance(image, str) or not image:
@@ -710,8 +711,21 @@ def image_pinned(res: Resource, cfg: PolicyConfig) -> Iterator[str]:
             last = image.split("@", 1)[0].rsplit("/", 1)[-1]
             if "@sha256:" not in image and (":" not in last or last.endswith(":latest")):
                 yield f"{t.where}.{key} {name!r} runs {image!r}, which is not pinned to a version"
-            elif cfg.require_image_digests and "@sha256:" not in image:
+            elif cfg.require_image_digests and "@sha256:" not in image and not waived:
                 yield f"{t.where}.{key} {name!r} runs {image!r}: this environment requires a digest"
+
+
+DIGEST_WAIVER_ANNOTATION = f"{catalog.LABEL_PREFIX}/digest-waiver"
+
+
+def _digest_waived(res: Resource) -> bool:
+    """A platform DaemonSet in kube-system whose pod template states why its image
+    runs by tag (mlplatform:efaDevicePlugin.digestWaiver): the tag still has to be
+    a version, only the digest requirement is waived."""
+    if res.kind != "DaemonSet" or res.namespace != "kube-system":
+        return False
+    template = ((res.props.get("spec") or {}).get("template") or {}).get("metadata") or {}
+    return bool((template.get("annotations") or {}).get(DIGEST_WAIVER_ANNOTATION))
 
 
 def _is_inference(res: Resource) -> bool:
@@ -1263,6 +1277,105 @@ def network_policy_enforced(
             f"team namespaces {', '.join(isolated)} declare NetworkPolicies, "
             "but nothing in this cluster enforces them: every pod can still reach every other",
         )
+
+
+# ---------------------------------------------------------------------------
+# EFA fabric rules
+# ---------------------------------------------------------------------------
+
+_DISTRIBUTED_KINDS = ("distributed-training", "nccl-test")
+
+
+def _multi_node_gpu_templates(res: Resource) -> list[PodTemplate]:
+    """Pod templates of a multi-node distributed job (Indexed Job of a distributed
+    workload, or a PyTorchJob) that ask for GPUs."""
+    if not res.is_kubernetes:
+        return []
+    templates = pod_templates(res)
+    if res.kind == "PyTorchJob":
+        pods = sum(int(t.replicas or 0) for t in templates)
+    elif res.kind == "Job":
+        labels = ((res.props.get("metadata") or {}).get("labels")) or {}
+        if labels.get(f"{catalog.LABEL_PREFIX}/workload-kind") not in _DISTRIBUTED_KINDS:
+            return []
+        pods = int((res.props.get("spec") or {}).get("parallelism") or 0)
+    else:
+        return []
+    return [t for t in templates if gpus_per_pod(t.spec)] if pods > 1 else []
+
+
+def _required_accelerators(pod: Mapping[str, Any]) -> set[str] | None:
+    """Accelerator models a pod's required node affinity allows (None: any)."""
+    affinity = ((pod.get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ) or {}
+    allowed: set[str] | None = None
+    for term in affinity.get("nodeSelectorTerms") or []:
+        for e in term.get("matchExpressions") or []:
+            if e.get("key") == catalog.ACCELERATOR_LABEL and e.get("operator") == "In":
+                allowed = (allowed or set()) | set(e.get("values") or [])
+    return allowed
+
+
+def _requests_efa(pod: Mapping[str, Any]) -> bool:
+    return any(
+        ((c.get("resources") or {}).get("limits") or {}).get(catalog.EFA_RESOURCE)
+        for _, c in _containers(pod)
+    )
+
+
+@rule(
+    "efa-multi-node",
+    description="A distributed job of more than one node that runs on EFA-capable instance "
+    "types (p4d, p4de, p5, p5e, p5en) requests the EFA interfaces: without them NCCL "
+    "falls back to TCP sockets on the VPC network, several times slower.",
+    enforcement="mandatory",
+    severity="high",
+    remediation="Turn EFA on for the node group (`efa.enabled`, the default on these types) "
+    "and leave the workload's `efa` unset or true; pods then request vpc.amazonaws.com/efa.",
+    stack=True,
+)
+def efa_multi_node(
+    resources: list[Resource], cfg: PolicyConfig
+) -> Iterator[tuple[Resource | None, str]]:
+    groups = []  # (accelerator labels, EFA-capable)
+    for res in resources:
+        if res.type != "aws:eks/nodeGroup:NodeGroup":
+            continue
+        known = [i for n in res.props.get("instanceTypes") or [] if (i := instances.lookup(n))]
+        if known:
+            accelerator = (res.props.get("labels") or {}).get(catalog.ACCELERATOR_LABEL)
+            groups.append((accelerator, all(i.efa is not None for i in known)))
+    if not groups:
+        return
+    for res in resources:
+        for t in _multi_node_gpu_templates(res):
+            allowed = _required_accelerators(t.spec)
+            eligible = [efa for acc, efa in groups if allowed is None or acc in allowed]
+            if eligible and all(eligible) and not _requests_efa(t.spec):
+                yield (
+                    res,
+                    f"{t.where} runs on several EFA-capable nodes without requesting "
+                    f"{catalog.EFA_RESOURCE}",
+                )
+
+
+@rule(
+    "efa-single-zone",
+    description="An EFA node group lives in one availability zone (one subnet): EFA traffic "
+    "does not cross zones, and a cluster placement group is one zone.",
+    enforcement="mandatory",
+    severity="high",
+    remediation="Give the group one subnet (`subnetIds`) or leave it to `efa.subnetIndex`.",
+)
+def efa_single_zone(res: Resource, cfg: PolicyConfig) -> Iterator[str]:
+    if res.type != "aws:eks/nodeGroup:NodeGroup":
+        return
+    if (res.props.get("labels") or {}).get(catalog.EFA_LABEL) != "true":
+        return
+    subnets = res.props.get("subnetIds")
+    if isinstance(subnets, list) and len(subnets) > 1:
+        yield f"EFA node group spans {len(subnets)} subnets; EFA pools need one zone"
 
 
 RULE_NAMES: tuple[str, ...] = tuple(r.name for r in RULES)

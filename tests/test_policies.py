@@ -253,6 +253,52 @@ JOB_OK = k8s(
 )
 LB = k8s("Service", "svc", {"type": "LoadBalancer", "ports": [{"port": 80}]}, api="v1")
 
+
+def efa_group(
+    types: list[str], subnets: int = 1, efa: bool = True, accelerator: str = "nvidia-h100"
+) -> Resource:
+    ng = node_group(types, max_size=2)
+    props = dict(ng.props)
+    props["labels"] = {
+        **props["labels"],
+        "k8s.amazonaws.com/accelerator": accelerator,
+        **({"mlplatform.io/efa": "true"} if efa else {}),
+    }
+    props["subnetIds"] = [f"subnet-{i}" for i in range(subnets)]
+    return Resource(ng.type, f"ng-{accelerator}", props)
+
+
+def distributed_job(
+    nodes: int, efa: bool, accelerators: tuple[str, ...] = ("nvidia-h100",)
+) -> Resource:
+    extended = {"vpc.amazonaws.com/efa": "32", "hugepages-2Mi": "5120Mi"} if efa else {}
+    t = pod.pod_template(
+        pod.PodSpec(
+            labels={"app": "x"},
+            containers=[
+                pod.Container(
+                    "main",
+                    IMAGE,
+                    pod.Resources(cpu="1", memory="2Gi", gpus=8, extended=extended),
+                )
+            ],
+            priority_class="training-default",
+            accelerators=accelerators,
+            restart_policy="Never",
+        )
+    )
+    return k8s(
+        "Job",
+        "train",
+        {"completionMode": "Indexed", "parallelism": nodes, "completions": nodes, "template": t},
+        api="batch/v1",
+        labels={"mlplatform.io/workload-kind": "distributed-training"},
+    )
+
+
+P5 = efa_group(["p5.48xlarge"])
+L40S = efa_group(["g6e.12xlarge"], efa=False, accelerator="nvidia-l40s")
+
 # rule -> (compliant resources, violating resources, words in the violation)
 
 # Kueue objects as the queueing rules see them.
@@ -499,7 +545,47 @@ CASES: dict[str, tuple[list[Resource], list[Resource], str]] = {
         [NS, DENY, vpc_cni(False)],
         "nothing in this cluster enforces them",
     ),
+    "efa-multi-node": (
+        [
+            P5,
+            L40S,
+            distributed_job(4, efa=True),
+            distributed_job(1, efa=False),  # one node: no fabric needed
+            distributed_job(2, efa=False, accelerators=("nvidia-l40s",)),  # no EFA type
+        ],
+        [P5, L40S, distributed_job(4, efa=False)],
+        "without requesting vpc.amazonaws.com/efa",
+    ),
+    "efa-single-zone": (
+        [P5, efa_group(["g6e.12xlarge"], subnets=3, efa=False)],
+        [efa_group(["p5.48xlarge"], subnets=2)],
+        "spans 2 subnets",
+    ),
 }
+
+
+def test_efa_multi_node_sees_efa_disabled_on_an_efa_type() -> None:
+    """A p5 group with EFA turned off is still an EFA-capable type: multi-node
+    training there without EFA is the waste the rule exists for."""
+    p5_plain = efa_group(["p5.48xlarge"], efa=False)
+    found = _findings("efa-multi-node", [p5_plain, distributed_job(2, efa=False)])
+    assert len(found) == 1 and found[0].level == "mandatory"
+    # Any GPU node (no accelerator pinned) may be the L40S one: not reported.
+    unpinned = distributed_job(2, efa=False, accelerators=())
+    assert _findings("efa-multi-node", [P5, L40S, unpinned]) == []
+
+
+def test_digest_waiver_only_for_kube_system_daemonsets() -> None:
+    cfg = PolicyConfig(require_image_digests=True)
+    t = container_field(template(0), "image", "r.example/plugin:v0.5.20")
+    t["metadata"]["annotations"] = {"mlplatform.io/digest-waiver": "no published digest"}
+    waived = k8s("DaemonSet", "plugin", {"template": t}, namespace="kube-system")
+    assert _findings("image-pinned", [waived], cfg) == []
+    elsewhere = k8s("DaemonSet", "plugin", {"template": t}, namespace="team")
+    assert _findings("image-pinned", [elsewhere], cfg)
+    latest = container_field(t, "image", "r.example/plugin:latest")
+    latest_ds = k8s("DaemonSet", "plugin", {"template": latest}, namespace="kube-system")
+    assert _findings("image-pinned", [latest_ds], cfg)  # the tag must still be a version
 
 
 def test_every_rule_has_cases() -> None:

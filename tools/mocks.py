@@ -238,6 +238,26 @@ def _with_id(prefix: str) -> ResourceHandler:
     return handler
 
 
+def _launch_template(m: PlatformMocks, a: MockResourceArgs) -> tuple[str, dict[str, Any]]:
+    rid = f"lt-{_hash(a.name, n=17)}"
+    prefix = a.inputs.get("namePrefix") or ""
+    return rid, {
+        "arn": m.arn("ec2", f"launch-template/{rid}"),
+        "name": a.inputs.get("name") or f"{prefix}{_hash(a.name, n=26)}",
+        "latestVersion": 1,
+        "defaultVersion": 1,
+    }
+
+
+def _placement_group(m: PlatformMocks, a: MockResourceArgs) -> tuple[str, dict[str, Any]]:
+    name = m.physical_name(a)
+    return name, {
+        "name": name,
+        "arn": m.arn("ec2", f"placement-group/{name}"),
+        "placementGroupId": f"pg-{_hash(name, n=17)}",
+    }
+
+
 def _ecr_repository(m: PlatformMocks, a: MockResourceArgs) -> tuple[str, dict[str, Any]]:
     name = m.physical_name(a)
     return name, {
@@ -253,15 +273,6 @@ def _docker_image(m: PlatformMocks, a: MockResourceArgs) -> tuple[str, dict[str,
     digest = "sha256:" + hashlib.sha256(repr(a.inputs.get("tags")).encode()).hexdigest()
     tags = a.inputs.get("tags") or [""]
     return digest, {"digest": digest, "ref": f"{str(tags[0]).rsplit(':', 1)[0]}@{digest}"}
-
-
-def _launch_template(m: PlatformMocks, a: MockResourceArgs) -> tuple[str, dict[str, Any]]:
-    rid = f"lt-{_hash(a.name, n=17)}"
-    return rid, {
-        "arn": m.arn("ec2", f"launch-template/{rid}"),
-        "latestVersion": 1,
-        "defaultVersion": 1,
-    }
 
 
 def _sqs_queue(m: PlatformMocks, a: MockResourceArgs) -> tuple[str, dict[str, Any]]:
@@ -296,6 +307,7 @@ _RESOURCE_OUTPUTS: dict[str, ResourceHandler] = {
     "aws:ec2/routeTable:RouteTable": _with_id("rtb"),
     "aws:ecr/repository:Repository": _ecr_repository,
     "aws:ec2/securityGroup:SecurityGroup": _with_id("sg"),
+    "aws:ec2/placementGroup:PlacementGroup": _placement_group,
     "aws:efs/fileSystem:FileSystem": _with_id("fs"),
     "aws:efs/mountTarget:MountTarget": _with_id("fsmt"),
     "docker-build:index:Image": _docker_image,
