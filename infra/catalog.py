@@ -31,6 +31,11 @@ def is_gpu_resource(resource_name: str) -> bool:
 EFA_RESOURCE = "vpc.amazonaws.com/efa"
 EFA_LABEL = f"{LABEL_PREFIX}/efa"
 HUGEPAGES_2MI_RESOURCE = "hugepages-2Mi"
+# Resources Kueue leaves out of quota (its Configuration's
+# resources.excludeResourcePrefixes): an EFA pod takes its node's interfaces and
+# huge pages with the node's GPUs, which the queues already count. Without this,
+# Kueue cannot admit a job that asks for them (no ClusterQueue covers them).
+QUEUE_EXCLUDED_RESOURCE_PREFIXES = (EFA_RESOURCE, "hugepages-")
 # Karpenter does not consolidate or drift a node whose pods carry this annotation.
 DO_NOT_DISRUPT_ANNOTATION = "karpenter.sh/do-not-disrupt"
 

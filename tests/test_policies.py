@@ -575,6 +575,28 @@ def test_efa_multi_node_sees_efa_disabled_on_an_efa_type() -> None:
     assert _findings("efa-multi-node", [P5, L40S, unpinned]) == []
 
 
+def test_queue_admission_ignores_what_kueue_is_told_to_exclude() -> None:
+    """An EFA job asks for vpc.amazonaws.com/efa and huge pages, which no
+    ClusterQueue covers: Kueue admits it only when its Configuration excludes
+    them, and the simulation reads that from the Kueue release."""
+    efa_job = distributed_job(2, efa=True)
+    efa_job.props["metadata"]["labels"].update(QUEUE_LABEL)
+    efa_job.props["spec"]["suspend"] = True
+    queues = [flavor(capacity=16), *QUEUES[1:2], cluster_queue("team", 16), QUEUES[3]]
+    without = _findings("queue-admissible", [*queues, efa_job])
+    assert len(without) == 1 and "asks for" in without[0].message
+    config = {"resources": {"excludeResourcePrefixes": ["vpc.amazonaws.com/efa", "hugepages-"]}}
+    release = Resource(
+        "kubernetes:helm.sh/v3:Release",
+        "kueue",
+        {
+            "chart": "oci://registry.k8s.io/kueue/charts/kueue",
+            "values": {"managerConfig": {"controllerManagerConfigYaml": json.dumps(config)}},
+        },
+    )
+    assert _findings("queue-admissible", [*queues, release, efa_job]) == []
+
+
 def test_digest_waiver_only_for_kube_system_daemonsets() -> None:
     cfg = PolicyConfig(require_image_digests=True)
     t = container_field(template(0), "image", "r.example/plugin:v0.5.20")
