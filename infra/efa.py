@@ -419,6 +419,30 @@ def security_group_ids(
     return groups
 
 
+@dataclass(frozen=True)
+class KarpenterEfa:
+    """Where an EFA pool under Karpenter lives: its one subnet and that subnet's
+    zone, the fabric's security group and placement group (from `EfaPoolFabric`)."""
+
+    subnet_id: pulumi.Input[str]
+    zone: pulumi.Input[str]
+    security_group_id: pulumi.Input[str]
+    placement_group_name: pulumi.Input[str] | None
+
+
+def karpenter_hugepages_overlay(node_pool: str, hugepages: str) -> dict[str, Any]:
+    """NodeOverlay spec (karpenter.sh/v1alpha1) that tells Karpenter's scheduling
+    simulation the EFA pool's nodes have `hugepages-2Mi`: Karpenter knows no huge
+    pages of any instance type (aws/karpenter-provider-aws#3315,
+    kubernetes-sigs/karpenter#751), so without it a pod that requests them (every
+    EFA pod) fits no instance type and no node is launched. Needs the controller's
+    `nodeOverlay` feature gate (alpha in 1.14)."""
+    return {
+        "requirements": [{"key": "karpenter.sh/nodepool", "operator": "In", "values": [node_pool]}],
+        "capacity": {catalog.HUGEPAGES_2MI_RESOURCE: hugepages},
+    }
+
+
 NAMESPACE = "kube-system"
 NAME = "aws-efa-k8s-device-plugin"
 KUBELET_DEVICE_PLUGINS = "/var/lib/kubelet/device-plugins"

@@ -221,6 +221,8 @@ class Platform(pulumi.ComponentResource):
                 oidc_issuer_url=c.oidc_issuer_url,
                 discovery_tag=s.capacity.karpenter.discovery_tag or s.cluster_name,
                 node_selector=self._system_node_selector(),
+                vpc_id=c.vpc_id,
+                subnet_ids=c.node_subnet_ids,
             ),
             opts=self._capacity_opts(aws_opts),
         )

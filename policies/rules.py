@@ -1338,14 +1338,17 @@ def _requests_efa(pod: Mapping[str, Any]) -> bool:
 def efa_multi_node(
     resources: list[Resource], cfg: PolicyConfig
 ) -> Iterator[tuple[Resource | None, str]]:
-    groups = []  # (accelerator labels, EFA-capable)
-    for res in resources:
-        if res.type != "aws:eks/nodeGroup:NodeGroup":
-            continue
+    groups = []  # (accelerator label, EFA-capable) of node groups and NodePools
+    for res, _, _ in _gpu_node_groups(resources):
         known = [i for n in res.props.get("instanceTypes") or [] if (i := instances.lookup(n))]
-        if known:
-            accelerator = (res.props.get("labels") or {}).get(catalog.ACCELERATOR_LABEL)
-            groups.append((accelerator, all(i.efa is not None for i in known)))
+        accelerator = (res.props.get("labels") or {}).get(catalog.ACCELERATOR_LABEL)
+        groups.append((accelerator, all(i.efa is not None for i in known)))
+    for res, _, _ in _gpu_node_pools(resources):
+        spec = res.props.get("spec") or {}
+        known = [i for n in _node_pool_instance_types(spec) if (i := instances.lookup(n))]
+        labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
+        accelerator = labels.get(catalog.ACCELERATOR_LABEL)
+        groups.append((accelerator, all(i.efa is not None for i in known)))
     if not groups:
         return
     for res in resources:
@@ -1362,20 +1365,51 @@ def efa_multi_node(
 
 @rule(
     "efa-single-zone",
-    description="An EFA node group lives in one availability zone (one subnet): EFA traffic "
-    "does not cross zones, and a cluster placement group is one zone.",
+    description="An EFA pool lives in one availability zone: a managed node group in one "
+    "subnet; under Karpenter an EC2NodeClass with EFA interfaces that selects one subnet by "
+    "id, and a NodePool of EFA nodes that requires one topology.kubernetes.io/zone. EFA "
+    "traffic does not cross zones, and a cluster placement group is one zone.",
     enforcement="mandatory",
     severity="high",
-    remediation="Give the group one subnet (`subnetIds`) or leave it to `efa.subnetIndex`.",
+    remediation="Give the group one subnet (`subnetIds`) or leave it to `efa.subnetIndex` "
+    "(infra/efa.py renders the one subnet and its zone on both paths).",
 )
 def efa_single_zone(res: Resource, cfg: PolicyConfig) -> Iterator[str]:
-    if res.type != "aws:eks/nodeGroup:NodeGroup":
+    if res.type == "aws:eks/nodeGroup:NodeGroup":
+        if (res.props.get("labels") or {}).get(catalog.EFA_LABEL) != "true":
+            return
+        subnets = res.props.get("subnetIds")
+        if isinstance(subnets, list) and len(subnets) > 1:
+            yield f"EFA node group spans {len(subnets)} subnets; EFA pools need one zone"
         return
-    if (res.props.get("labels") or {}).get(catalog.EFA_LABEL) != "true":
+    if not res.is_kubernetes:
         return
-    subnets = res.props.get("subnetIds")
-    if isinstance(subnets, list) and len(subnets) > 1:
-        yield f"EFA node group spans {len(subnets)} subnets; EFA pools need one zone"
+    spec = res.props.get("spec") or {}
+    if res.kind == "EC2NodeClass":
+        nics = spec.get("networkInterfaces") or []
+        if not any(n.get("interfaceType") == "efa-only" for n in nics):
+            return
+        terms = spec.get("subnetSelectorTerms") or []
+        if len(terms) != 1 or not terms[0].get("id"):
+            yield (
+                "EC2NodeClass with EFA interfaces selects its subnets by tags or several "
+                "terms; EFA pools need one subnet (by id) in one zone"
+            )
+    elif res.kind == "NodePool":
+        template = spec.get("template") or {}
+        labels = (template.get("metadata") or {}).get("labels") or {}
+        if labels.get(catalog.EFA_LABEL) != "true":
+            return
+        zones = [
+            r
+            for r in (template.get("spec") or {}).get("requirements") or []
+            if r.get("key") == "topology.kubernetes.io/zone"
+        ]
+        if not any(r.get("operator") == "In" and len(r.get("values") or []) == 1 for r in zones):
+            yield (
+                "NodePool of EFA nodes does not require one topology.kubernetes.io/zone; "
+                "Karpenter could launch its nodes in several zones"
+            )
 
 
 RULE_NAMES: tuple[str, ...] = tuple(r.name for r in RULES)

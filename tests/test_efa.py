@@ -1,7 +1,8 @@
-"""EFA fabric: interface layouts per instance type, the managed node group's one
-launch template (the Cluster Autoscaler path), one zone, placement and security
-groups, the EFA device plugin, pods on EFA pools, the fabric smoke test, and the
-configuration errors."""
+"""EFA fabric: interface layouts per instance type, both provisioning paths (a
+managed node group's one launch template under the Cluster Autoscaler, an
+EC2NodeClass + NodePool + NodeOverlay under Karpenter), one zone, placement and
+security groups, the EFA device plugin, pods on EFA pools, the fabric smoke
+test, and the configuration errors."""
 
 from __future__ import annotations
 
@@ -66,6 +67,12 @@ def stack(
 def efa_run() -> Run:
     """Managed node groups resized by the Cluster Autoscaler."""
     return run(stack(DIST, NCCL))
+
+
+@pytest.fixture(scope="module")
+def karpenter_run() -> Run:
+    """The same pools as Karpenter NodePools."""
+    return run(stack(DIST, NCCL, autoscaler="karpenter"))
 
 
 # -- the instance table and the pure helpers ---------------------------------------
@@ -234,9 +241,125 @@ def test_no_efa_plugin_without_efa_groups() -> None:
     r = run(stack(groups=[L40S]))
     assert not [m for m in r.manifests() if m["metadata"]["name"] == "aws-efa-k8s-device-plugin"]
     assert not r.by_type("aws:ec2/placementGroup:PlacementGroup")
-    assert not any(
-        "networkInterfaces" in t.inputs for t in r.by_type("aws:ec2/launchTemplate:LaunchTemplate")
+    assert not any("networkInterfaces" in t.inputs for t in r.by_type(LT))
+
+
+# -- Karpenter ------------------------------------------------------------------------
+
+LT = "aws:ec2/launchTemplate:LaunchTemplate"
+
+
+def test_karpenter_node_class_has_the_fabric(karpenter_run: Run) -> None:
+    spec = karpenter_run.manifest("EC2NodeClass", "h100")["spec"]
+    nics = spec["networkInterfaces"]
+    # Karpenter's CRD: the primary (card 0, device 0) is an ENA `interface`; one
+    # `efa-only` per network card (card 0 at device 1): 32 EFA devices on p5.
+    assert nics[0] == {"networkCardIndex": 0, "deviceIndex": 0, "interfaceType": "interface"}
+    assert {n["interfaceType"] for n in nics} == {"interface", "efa-only"}
+    efa_only = [n for n in nics if n["interfaceType"] == "efa-only"]
+    assert sorted(n["networkCardIndex"] for n in efa_only) == list(range(32))
+    # The CRD's CEL rules (the npm models do not check them): unique card/device
+    # pairs and at most one efa-only interface per card.
+    pairs = [(n["networkCardIndex"], n["deviceIndex"]) for n in nics]
+    assert len(pairs) == len(set(pairs))
+    cards = [n["networkCardIndex"] for n in efa_only]
+    assert len(cards) == len(set(cards))
+    pg = karpenter_run.one(
+        "aws:ec2/placementGroup:PlacementGroup", "mlplatform-karpenter-efa-h100-placement"
     )
+    assert pg.inputs["strategy"] == "cluster"
+    assert spec["placementGroupSelector"] == {"name": pg.inputs["name"]}
+    sg = karpenter_run.one(
+        "aws:ec2/securityGroup:SecurityGroup", "mlplatform-karpenter-efa-h100-sg"
+    )
+    assert sg.inputs["ingress"][0]["self"] is True
+    terms = spec["securityGroupSelectorTerms"]
+    assert {"tags": {"karpenter.sh/discovery": "mlplatform-test"}} in terms
+    assert [t for t in terms if "id" in t] == [{"id": t["id"]} for t in terms if "id" in t]
+    assert len([t for t in terms if str(t.get("id", "")).startswith("sg-")]) == 1
+    # One subnet (the first private subnet: efa.subnetIndex 0) and IMDSv2 as everywhere.
+    (subnet,) = spec["subnetSelectorTerms"]
+    assert subnet["id"].startswith("subnet-")
+    assert spec["metadataOptions"]["httpTokens"] == "required"
+    assert spec["metadataOptions"]["httpPutResponseHopLimit"] == 1
+
+
+def test_karpenter_node_pool_is_one_zone_and_labelled_for_the_plugin(karpenter_run: Run) -> None:
+    pool = karpenter_run.manifest("NodePool", "h100")["spec"]["template"]
+    reqs = {r["key"]: r["values"] for r in pool["spec"]["requirements"]}
+    subnets = [
+        r
+        for r in karpenter_run.by_type("aws:ec2/subnet:Subnet")
+        if r.inputs.get("tags", {}).get("kubernetes.io/role/internal-elb")
+    ]
+    first_zone = sorted(subnets, key=lambda r: r.name)[0].inputs["availabilityZone"]
+    assert reqs["topology.kubernetes.io/zone"] == [first_zone]
+    assert pool["metadata"]["labels"]["mlplatform.io/efa"] == "true"
+    # The EFA device plugin selects exactly that label.
+    ds = karpenter_run.manifest("DaemonSet", "aws-efa-k8s-device-plugin", "kube-system")
+    affinity = pod_spec(ds)["affinity"]["nodeAffinity"]
+    terms = affinity["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms["nodeSelectorTerms"][0]["matchExpressions"] == [
+        {"key": "mlplatform.io/efa", "operator": "In", "values": ["true"]}
+    ]
+    # The plain pool is untouched.
+    l40s = karpenter_run.manifest("NodePool", "l40s")["spec"]["template"]
+    assert "topology.kubernetes.io/zone" not in {r["key"] for r in l40s["spec"]["requirements"]}
+    assert "networkInterfaces" not in karpenter_run.manifest("EC2NodeClass", "l40s")["spec"]
+
+
+def test_karpenter_knows_the_huge_pages(karpenter_run: Run) -> None:
+    overlay = karpenter_run.manifest("NodeOverlay", "h100-efa-hugepages")
+    assert overlay["apiVersion"] == "karpenter.sh/v1alpha1"
+    assert overlay["spec"]["capacity"] == {"hugepages-2Mi": "5120Mi"}
+    assert overlay["spec"]["requirements"] == [
+        {"key": "karpenter.sh/nodepool", "operator": "In", "values": ["h100"]}
+    ]
+    release = karpenter_run.one("kubernetes:helm.sh/v3:Release", "mlplatform-karpenter-controller")
+    assert release.inputs["values"]["settings"]["featureGates"] == {"nodeOverlay": True}
+    # No managed node group, no launch template of ours for the EFA pool.
+    assert not [r for r in karpenter_run.by_type("aws:eks/nodeGroup:NodeGroup") if "h100" in r.name]
+
+
+def test_karpenter_controller_may_use_placement_groups() -> None:
+    from infra import karpenter
+
+    policies = karpenter.controller_policies(
+        partition="aws",
+        region="us-west-2",
+        account="123456789012",
+        cluster="c",
+        node_role_arn="arn:aws:iam::123456789012:role/n",
+        queue_arn="arn:aws:sqs:us-west-2:123456789012:q",
+    )
+    launch = policies["node-lifecycle"]["Statement"][0]
+    assert "arn:aws:ec2:us-west-2:*:placement-group/*" in launch["Resource"]
+    assert "arn:aws:ec2:us-west-2:*:security-group/*" in launch["Resource"]
+    reads = policies["resource-discovery"]["Statement"][0]["Action"]
+    assert {"ec2:DescribePlacementGroups", "ec2:DescribeCapacityReservations"} <= set(reads)
+
+
+def test_karpenter_reservation_allows_reserved_capacity() -> None:
+    r = run(
+        stack(
+            groups=[{**P5, "efa": {"capacityReservationId": "cr-0123abcd"}}],
+            autoscaler="karpenter",
+        )
+    )
+    spec = r.manifest("EC2NodeClass", "h100")["spec"]
+    assert spec["capacityReservationSelectorTerms"] == [{"id": "cr-0123abcd"}]
+    reqs = {
+        x["key"]: x["values"]
+        for x in r.manifest("NodePool", "h100")["spec"]["template"]["spec"]["requirements"]
+    }
+    assert reqs["karpenter.sh/capacity-type"] == ["reserved", "on-demand"]
+
+
+def test_karpenter_without_efa_pools_leaves_the_feature_gate_off() -> None:
+    r = run(stack(groups=[L40S], autoscaler="karpenter"))
+    release = r.one("kubernetes:helm.sh/v3:Release", "mlplatform-karpenter-controller")
+    assert "featureGates" not in release.inputs["values"]["settings"]
+    assert not [m for m in r.manifests() if m["kind"] == "NodeOverlay"]
 
 
 # -- pods ---------------------------------------------------------------------------
@@ -324,9 +447,17 @@ def test_plan_lists_the_fabric(tmp_path: Path) -> None:
     from tools.preview import build_preview
 
     text = render(build_preview("test", stack(DIST, NCCL)))
-    assert "| h100 | p5.48xlarge | 32 | 3,200 Gbps | yes | placement group |" in text
+    assert (
+        "| h100 | p5.48xlarge | 32 | 3,200 Gbps | yes | launch template (`efa` + `efa-only` "
+        "interfaces) | private subnet 0 | placement group |"
+    ) in text
     assert "| research/pretrain | distributed | 2 | yes (32 interfaces" in text
     assert "| research/fabric-check | nccl-test | 2 | yes" in text and "349.6 GB/s" in text
+    karpenter = render(build_preview("test", stack(DIST, NCCL, autoscaler="karpenter")))
+    assert (
+        "| h100 | p5.48xlarge | 32 | 3,200 Gbps | yes | EC2NodeClass `networkInterfaces` "
+        "(ENA + 32 `efa-only`), NodeOverlay `hugepages-2Mi: 5120Mi` | private subnet 0 |"
+    ) in karpenter
 
 
 # -- configuration errors -------------------------------------------------------------

@@ -575,6 +575,66 @@ def test_efa_multi_node_sees_efa_disabled_on_an_efa_type() -> None:
     assert _findings("efa-multi-node", [P5, L40S, unpinned]) == []
 
 
+def efa_node_pool(
+    types: list[str], accelerator: str, zones: list[str] | None, efa: bool = True
+) -> Resource:
+    """A Karpenter NodePool as infra/karpenter.py renders an (EFA) GPU group."""
+    np = node_pool(types=types)
+    spec = json.loads(json.dumps(np.props["spec"]))
+    spec["template"]["metadata"]["labels"] = {
+        "nvidia.com/gpu.present": "true",
+        "k8s.amazonaws.com/accelerator": accelerator,
+        **({"mlplatform.io/efa": "true"} if efa else {}),
+    }
+    if zones is not None:
+        spec["template"]["spec"]["requirements"].append(
+            {"key": "topology.kubernetes.io/zone", "operator": "In", "values": zones}
+        )
+    return k8s("NodePool", f"pool-{accelerator}", spec, namespace=None, api="karpenter.sh/v1")
+
+
+def efa_node_class(subnet_terms: list[dict[str, Any]]) -> Resource:
+    nics = [
+        {"networkCardIndex": 0, "deviceIndex": 0, "interfaceType": "interface"},
+        {"networkCardIndex": 0, "deviceIndex": 1, "interfaceType": "efa-only"},
+    ]
+    return k8s(
+        "EC2NodeClass",
+        "efa",
+        {"networkInterfaces": nics, "subnetSelectorTerms": subnet_terms},
+        namespace=None,
+        api="karpenter.k8s.aws/v1",
+    )
+
+
+def test_efa_multi_node_sees_karpenter_node_pools() -> None:
+    p5 = efa_node_pool(["p5.48xlarge"], "nvidia-h100", ["us-west-2a"])
+    l40s = efa_node_pool(["g6e.12xlarge"], "nvidia-l40s", None, efa=False)
+    found = _findings("efa-multi-node", [p5, l40s, distributed_job(4, efa=False)])
+    assert len(found) == 1 and "without requesting vpc.amazonaws.com/efa" in found[0].message
+    assert _findings("efa-multi-node", [p5, l40s, distributed_job(4, efa=True)]) == []
+    # Only an L40S pool for the pinned job: no EFA type, nothing to report.
+    l40s_job = distributed_job(2, efa=False, accelerators=("nvidia-l40s",))
+    assert _findings("efa-multi-node", [p5, l40s, l40s_job]) == []
+
+
+def test_efa_single_zone_sees_karpenter_pools_and_node_classes() -> None:
+    one_zone = efa_node_pool(["p5.48xlarge"], "nvidia-h100", ["us-west-2a"])
+    good_class = efa_node_class([{"id": "subnet-1"}])
+    assert _findings("efa-single-zone", [one_zone, good_class]) == []
+    any_zone = efa_node_pool(["p5.48xlarge"], "nvidia-h100", None)
+    two_zones = efa_node_pool(["p5.48xlarge"], "nvidia-h100", ["us-west-2a", "us-west-2b"])
+    by_tags = efa_node_class([{"tags": {"karpenter.sh/discovery": "c"}}])
+    two_ids = efa_node_class([{"id": "subnet-1"}, {"id": "subnet-2"}])
+    found = _findings("efa-single-zone", [any_zone, two_zones, by_tags, two_ids])
+    assert len(found) == 4 and all(f.level == "mandatory" for f in found)
+    assert sum("topology.kubernetes.io/zone" in f.message for f in found) == 2
+    assert sum("one subnet (by id)" in f.message for f in found) == 2
+    # A plain pool spans zones freely.
+    plain = efa_node_pool(["g6e.12xlarge"], "nvidia-l40s", None, efa=False)
+    assert _findings("efa-single-zone", [plain]) == []
+
+
 def test_queue_admission_ignores_what_kueue_is_told_to_exclude() -> None:
     """An EFA job asks for vpc.amazonaws.com/efa and huge pages, which no
     ClusterQueue covers: Kueue admits it only when its Configuration excludes

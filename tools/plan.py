@@ -89,10 +89,27 @@ def _efa_section(preview: Preview) -> list[str]:
     if not s.gpu_node_groups and not distributed:
         return []
     out = ["", "## EFA fabric", ""]
+    karpenter_path = s.autoscaler == "karpenter"
     rows = []
     for g in s.gpu_node_groups:
         fabric = g.efa_fabric
         capable = g.instance_type_info.efa is not None
+        if fabric is None:
+            wired = "-"
+        elif karpenter_path:
+            wired = (
+                f"EC2NodeClass `networkInterfaces` (ENA + {fabric.network_cards} `efa-only`), "
+                f"NodeOverlay `hugepages-2Mi: {g.efa.hugepages}`"
+            )
+        else:
+            wired = "launch template (`efa` + `efa-only` interfaces)"
+        where = (
+            "-"
+            if fabric is None
+            else "`subnetIds`"
+            if g.subnet_ids
+            else f"private subnet {g.efa.subnet_index}"
+        )
         rows.append(
             [
                 g.name,
@@ -100,6 +117,8 @@ def _efa_section(preview: Preview) -> list[str]:
                 str(fabric.network_cards) if fabric else ("off" if capable else "-"),
                 f"{fabric.fabric_gbps:,} Gbps" if fabric else "-",
                 "yes" if fabric and fabric.gpudirect_rdma else "-",
+                wired,
+                where,
                 ("placement group" if g.efa.placement_group else "no placement group")
                 + (
                     f", reservation `{g.efa.capacity_reservation_id}`"
@@ -113,11 +132,13 @@ def _efa_section(preview: Preview) -> list[str]:
     if rows:
         out += _table(
             [
-                "node group",
+                "pool",
                 "instance types",
                 "EFA interfaces/node",
                 "fabric",
                 "GPUDirect RDMA",
+                "interfaces in",
+                "one zone",
                 "placement",
             ],
             rows,
@@ -310,7 +331,8 @@ def render(preview: Preview) -> str:
         note = (
             ""
             if "unknown fields are errors" in against
-            else " (structure, types and enums; unknown fields are not checked by these models)"
+            else " (structure, types, enums and patterns; unknown fields and the CRDs' CEL "
+            "rules (`x-kubernetes-validations`) are not checked by these models)"
         )
         out += ["", f"{len(paths)} custom resources validated against {against}{note}:", ""]
         out += [f"- `{path}`" for path in paths]
