@@ -30,6 +30,10 @@ def is_gpu_resource(resource_name: str) -> bool:
 # advertises, and the label EFA node groups carry (the plugin's DaemonSet selects it).
 EFA_RESOURCE = "vpc.amazonaws.com/efa"
 EFA_LABEL = f"{LABEL_PREFIX}/efa"
+# AWS publishes the EFA device plugin in Amazon EKS's ECR registries by tag only:
+# the one image the `image-pinned` rule lets run by tag with a stated waiver.
+EFA_DEVICE_PLUGIN_REPOSITORY = "eks/aws-efa-k8s-device-plugin"
+EFA_DEVICE_PLUGIN_REGISTRY = r"\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(\.cn)?"
 HUGEPAGES_2MI_RESOURCE = "hugepages-2Mi"
 # Resources Kueue leaves out of quota (its Configuration's
 # resources.excludeResourcePrefixes): an EFA pod takes its node's interfaces and

@@ -187,8 +187,8 @@ def device_plugin_image(settings: EfaDevicePluginSettings, region: str | None) -
         return settings.image
     where = region or "us-west-2"
     return (
-        f"{EKS_IMAGE_ACCOUNT}.dkr.ecr.{where}.amazonaws.com/eks/"
-        f"aws-efa-k8s-device-plugin:{DEVICE_PLUGIN_VERSION}"
+        f"{EKS_IMAGE_ACCOUNT}.dkr.ecr.{where}.amazonaws.com/"
+        f"{catalog.EFA_DEVICE_PLUGIN_REPOSITORY}:{DEVICE_PLUGIN_VERSION}"
     )
 
 

@@ -15,6 +15,7 @@ tests call the rules directly. During a real preview some props are still unknow
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal
@@ -693,7 +694,9 @@ def container_resources(res: Resource, cfg: PolicyConfig) -> Iterator[str]:
 @rule(
     "image-pinned",
     description="Images are pinned: never `:latest` or untagged; by digest where the environment "
-    "requires it.",
+    "requires it. One narrow waiver: the AWS EFA device plugin (published by tag only in "
+    "Amazon EKS's ECR) may run by version tag in its kube-system DaemonSet when the pod "
+    "template states why (mlplatform.io/digest-waiver).",
     enforcement="mandatory",
     severity="high",
     remediation="Pin a version tag, or `@sha256:` digest where "
@@ -702,7 +705,6 @@ def container_resources(res: Resource, cfg: PolicyConfig) -> Iterator[str]:
 )
 def image_pinned(res: Resource, cfg: PolicyConfig) -> Iterator[str]:
     for t in pod_templates(res):
-        waived = _digest_waived(res)
         for key, c in _containers(t.spec):
             image = c.get("image")
             if not isinstance(image, str) or not image:
@@ -711,18 +713,30 @@ def image_pinned(res: Resource, cfg: PolicyConfig) -> Iterator[str]:
             last = image.split("@", 1)[0].rsplit("/", 1)[-1]
             if "@sha256:" not in image and (":" not in last or last.endswith(":latest")):
                 yield f"{t.where}.{key} {name!r} runs {image!r}, which is not pinned to a version"
-            elif cfg.require_image_digests and "@sha256:" not in image and not waived:
+            elif (
+                cfg.require_image_digests
+                and "@sha256:" not in image
+                and not _digest_waived(res, image)
+            ):
                 yield f"{t.where}.{key} {name!r} runs {image!r}: this environment requires a digest"
 
 
 DIGEST_WAIVER_ANNOTATION = f"{catalog.LABEL_PREFIX}/digest-waiver"
+# The images a digest waiver may cover: the AWS EFA device plugin from Amazon
+# EKS's ECR registries, which publish it by tag only.
+_WAIVABLE_IMAGE = re.compile(
+    rf"^{catalog.EFA_DEVICE_PLUGIN_REGISTRY}/{re.escape(catalog.EFA_DEVICE_PLUGIN_REPOSITORY)}"
+    r":v\d+(\.\d+)*$"
+)
 
 
-def _digest_waived(res: Resource) -> bool:
-    """A platform DaemonSet in kube-system whose pod template states why its image
-    runs by tag (mlplatform:efaDevicePlugin.digestWaiver): the tag still has to be
-    a version, only the digest requirement is waived."""
+def _digest_waived(res: Resource, image: str) -> bool:
+    """The EFA device plugin's kube-system DaemonSet, running AWS's image by a version
+    tag, whose pod template states why (mlplatform:efaDevicePlugin.digestWaiver).
+    Only the digest requirement is waived, for that image only."""
     if res.kind != "DaemonSet" or res.namespace != "kube-system":
+        return False
+    if not _WAIVABLE_IMAGE.match(image):
         return False
     template = ((res.props.get("spec") or {}).get("template") or {}).get("metadata") or {}
     return bool((template.get("annotations") or {}).get(DIGEST_WAIVER_ANNOTATION))

@@ -659,15 +659,28 @@ def test_queue_admission_ignores_what_kueue_is_told_to_exclude() -> None:
 
 def test_digest_waiver_only_for_kube_system_daemonsets() -> None:
     cfg = PolicyConfig(require_image_digests=True)
-    t = container_field(template(0), "image", "r.example/plugin:v0.5.20")
+    efa = "602401143452.dkr.ecr.us-west-2.amazonaws.com/eks/aws-efa-k8s-device-plugin"
+    t = container_field(template(0), "image", f"{efa}:v0.5.20")
     t["metadata"]["annotations"] = {"mlplatform.io/digest-waiver": "no published digest"}
     waived = k8s("DaemonSet", "plugin", {"template": t}, namespace="kube-system")
     assert _findings("image-pinned", [waived], cfg) == []
     elsewhere = k8s("DaemonSet", "plugin", {"template": t}, namespace="team")
     assert _findings("image-pinned", [elsewhere], cfg)
-    latest = container_field(t, "image", "r.example/plugin:latest")
-    latest_ds = k8s("DaemonSet", "plugin", {"template": latest}, namespace="kube-system")
-    assert _findings("image-pinned", [latest_ds], cfg)  # the tag must still be a version
+    deployment = k8s("Deployment", "plugin", {"template": t}, namespace="kube-system")
+    assert _findings("image-pinned", [deployment], cfg)
+    # Only AWS's EFA device plugin image: not any image a waiver names.
+    for image in (
+        "r.example/plugin:v0.5.20",
+        "r.example/eks/aws-efa-k8s-device-plugin:v0.5.20",
+        f"{efa}:latest",
+        f"{efa}:main",
+    ):
+        other = container_field(t, "image", image)
+        other_ds = k8s("DaemonSet", "plugin", {"template": other}, namespace="kube-system")
+        assert _findings("image-pinned", [other_ds], cfg), image
+    no_reason = container_field(template(0), "image", f"{efa}:v0.5.20")
+    bare = k8s("DaemonSet", "plugin", {"template": no_reason}, namespace="kube-system")
+    assert _findings("image-pinned", [bare], cfg)
 
 
 def test_every_rule_has_cases() -> None:
