@@ -98,7 +98,7 @@ diff: $(VENV)/.installed
 	$(PY) -m tools.diff --base $(BASE) --stack $(STACK) $(DIFF_FLAGS)
 
 preview-all: $(VENV)/.installed .tools/.installed
-	@rc=0; for s in dev staging prod; do $(PY) -m tools.preview --stack $$s || rc=$$?; done; exit $$rc
+	@rc=0; for s in dev staging prod examples; do $(PY) -m tools.preview --stack $$s || rc=$$?; done; exit $$rc
 
 bench: $(VENV)/.installed $(RT_VENV)/.installed
 	-$(MAKE) venv-kserve  # optional: the serve bench reports why KServe is missing

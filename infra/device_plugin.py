@@ -25,12 +25,19 @@ Why these choices:
   NVIDIA AMIs) gives it the GPU devices, so it is not privileged.
 - The config file (MIG strategy, time-slicing) is read at start only, so the
   pod template carries its checksum: a config change rolls the DaemonSet.
+- Per-pool settings: a node group with its own `devicePlugin` gets its own
+  ConfigMap and DaemonSet, selected by the node label the group sets
+  (`mlplatform.io/nvidia-device-plugin=daemonset-<group>`); the default
+  DaemonSet skips those nodes. One static config per DaemonSet keeps the
+  plugin's config-manager sidecar (which would need to read Node objects and
+  signal the plugin across containers) out of the picture.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import pulumi
@@ -102,6 +109,33 @@ class DevicePluginSettings(_Model):
         return self.time_slicing.replicas > 1
 
 
+class PoolDevicePluginSettings(_Model):
+    """A node group's own device plugin settings, instead of the stack-wide
+    `devicePlugin` ones: its nodes get their own DaemonSet and config (selected by
+    the node label `mlplatform.io/nvidia-device-plugin=daemonset-<group>`)."""
+
+    mig_strategy: Literal["none", "single", "mixed"] | None = Field(
+        None, description="MIG strategy on this group's nodes. Default: the stack's."
+    )
+    time_slicing: TimeSlicingSettings | None = Field(
+        None, description="Time-slicing on this group's nodes. Default: the stack's."
+    )
+
+    def apply_to(self, stack: DevicePluginSettings) -> DevicePluginSettings:
+        """The stack-wide settings with this group's overrides."""
+        return stack.model_copy(
+            update={
+                "mig_strategy": self.mig_strategy or stack.mig_strategy,
+                "time_slicing": self.time_slicing or stack.time_slicing,
+            }
+        )
+
+
+def pool_label_value(pool: str) -> str:
+    """`mlplatform.io/nvidia-device-plugin` value of a pool with its own config."""
+    return f"daemonset-{pool}"
+
+
 NAMESPACE = "kube-system"
 NAME = "nvidia-device-plugin"
 CONFIG_DIR = "/etc/nvidia-device-plugin"
@@ -162,32 +196,67 @@ def security_exceptions(mig: bool) -> dict[str, str]:
 @dataclass(frozen=True)
 class NvidiaDevicePluginArgs:
     settings: DevicePluginSettings
+    # Node groups with their own settings (group name -> its effective settings):
+    # each gets its own ConfigMap and DaemonSet; the default DaemonSet skips them.
+    pools: Mapping[str, DevicePluginSettings] = field(default_factory=dict)
 
 
 class NvidiaDevicePlugin(pulumi.ComponentResource):
-    """The device plugin DaemonSet and ConfigMap in kube-system.
+    """The device plugin DaemonSet and ConfigMap in kube-system, and one more of
+    each per node group with its own settings (`nvidia-device-plugin-<group>`).
 
-    Outputs: `daemonset_name`, `config_map_name`, `namespace`.
+    Outputs: `daemonset_name`, `config_map_name`, `namespace`, `pool_daemonsets`.
     """
 
     def __init__(
         self, name: str, args: NvidiaDevicePluginArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         super().__init__("mlplatform:infra:NvidiaDevicePlugin", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
-        labels = meta.labels(NAME, NAME, "device-plugin")
-        config_text = yaml.safe_dump(plugin_config(args.settings), sort_keys=False)
+        skip = [pool_label_value(pool) for pool in sorted(args.pools)]
+        self.config_map, self.daemonset = self._plugin(name, NAME, args.settings, skip=skip)
+        self.pool_daemonsets: dict[str, str] = {}
+        for pool, settings in sorted(args.pools.items()):
+            self._plugin(
+                f"{name}-{pool}",
+                f"{NAME}-{pool}",
+                settings,
+                node_selector={catalog.DEVICE_PLUGIN_LABEL: pool_label_value(pool)},
+            )
+            self.pool_daemonsets[pool] = f"{NAME}-{pool}"
+        self.namespace = NAMESPACE
+        self.daemonset_name = NAME
+        self.config_map_name = f"{NAME}-config"
+        self.register_outputs(
+            {
+                "daemonset_name": self.daemonset_name,
+                "config_map_name": self.config_map_name,
+                "namespace": self.namespace,
+                "pool_daemonsets": self.pool_daemonsets,
+            }
+        )
 
-        self.config_map = k8s.core.v1.ConfigMap(
+    def _plugin(
+        self,
+        name: str,
+        object_name: str,
+        settings: DevicePluginSettings,
+        *,
+        skip: Sequence[str] = (),
+        node_selector: Mapping[str, str] | None = None,
+    ) -> tuple[k8s.core.v1.ConfigMap, k8s.apps.v1.DaemonSet]:
+        child = pulumi.ResourceOptions(parent=self)
+        labels = meta.labels(object_name, object_name, "device-plugin")
+        config_text = yaml.safe_dump(plugin_config(settings), sort_keys=False)
+        config_map = k8s.core.v1.ConfigMap(
             f"{name}-config",
-            metadata=meta.metadata(f"{NAME}-config", labels, NAMESPACE),
+            metadata=meta.metadata(f"{object_name}-config", labels, NAMESPACE),
             data={CONFIG_FILE: config_text},
             opts=child,
         )
-        mig = args.settings.mig_strategy != "none"
+        mig = settings.mig_strategy != "none"
         container = pod.Container(
             name="nvidia-device-plugin",
-            image=args.settings.image,
+            image=settings.image,
             args=[f"--config-file={CONFIG_DIR}/{CONFIG_FILE}"],
             # With MIG, NVML must see the MIG devices to enumerate them: the
             # upstream chart adds SYS_ADMIN in that case only, and so do we.
@@ -213,30 +282,23 @@ class NvidiaDevicePlugin(pulumi.ComponentResource):
                 profile="node-daemon",
                 gpu_daemon=True,
                 skip_host_device_plugin=True,
+                skip_device_plugin_values=tuple(skip),
+                node_selector=dict(node_selector or {}),
                 volumes=[
                     pod.Volume("device-plugins", host_path=KUBELET_DEVICE_PLUGINS),
-                    pod.Volume("config", config_map=f"{NAME}-config"),
+                    pod.Volume("config", config_map=f"{object_name}-config"),
                 ],
                 scratch_size="64Mi",
             )
         )
-        self.daemonset = k8s.apps.v1.DaemonSet(
+        daemonset = k8s.apps.v1.DaemonSet(
             f"{name}-daemonset",
-            metadata=meta.metadata(NAME, labels, NAMESPACE, security_exceptions(mig)),
+            metadata=meta.metadata(object_name, labels, NAMESPACE, security_exceptions(mig)),
             spec={
                 "selector": {"matchLabels": meta.selector(labels)},
                 "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
                 "template": template,
             },
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.config_map]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[config_map]),
         )
-        self.namespace = NAMESPACE
-        self.daemonset_name = NAME
-        self.config_map_name = f"{NAME}-config"
-        self.register_outputs(
-            {
-                "daemonset_name": self.daemonset_name,
-                "config_map_name": self.config_map_name,
-                "namespace": self.namespace,
-            }
-        )
+        return config_map, daemonset

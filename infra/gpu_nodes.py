@@ -27,7 +27,7 @@ from pydantic import Field, field_validator, model_validator
 
 from infra import catalog, efa, iam, instances, nodes, scheduling
 from infra.config_types import DnsLabel, FieldProblems, Loc, _Model, check_scaling
-from infra.device_plugin import DevicePluginSettings
+from infra.device_plugin import DevicePluginSettings, PoolDevicePluginSettings, pool_label_value
 from infra.efa import EfaSettings
 
 AmiType = Literal["AL2023_x86_64_NVIDIA", "BOTTLEROCKET_x86_64_NVIDIA"]
@@ -88,6 +88,12 @@ class GpuNodeGroupSettings(_Model):
         description="Root volume in GiB; CUDA images are large, 200 fits several.",
     )
     labels: dict[str, str] = Field({}, description="Extra node labels.")
+    device_plugin: PoolDevicePluginSettings | None = Field(
+        None,
+        description="This group's own MIG strategy and/or time-slicing instead of the "
+        "stack-wide `devicePlugin` ones (its nodes get their own device plugin DaemonSet). "
+        "E.g. time-slice an L4 group for notebooks while A100s run MIG and H100s stay whole.",
+    )
     subnet_ids: list[str] = Field(
         [],
         description="Subnets for this group (e.g. one zone with a capacity reservation). "
@@ -106,12 +112,14 @@ class GpuNodeGroupSettings(_Model):
         for i, name in enumerate(names):
             if instances.lookup(name) is None:
                 family = name.split(".", 1)[0]
-                hint = (
-                    f"unknown size of the {family} family"
-                    if family in instances.GPU_FAMILIES
-                    else "not a GPU instance type; known GPU families: "
-                    + ", ".join(instances.GPU_FAMILIES)
-                )
+                if family in instances.GPU_FAMILIES:
+                    hint = f"not a supported size of the {family} family"
+                elif family in instances.UNSUPPORTED_ACCELERATED_FAMILIES:
+                    hint = f"not supported ({instances.UNSUPPORTED_ACCELERATED_FAMILIES[family]})"
+                else:
+                    hint = "not a supported GPU instance type; supported families: " + ", ".join(
+                        instances.GPU_FAMILIES
+                    )
                 problems.append(((i,), f"{name!r}: {hint}"))
         shapes = {(t.gpus, t.gpu_model) for n in names if (t := instances.lookup(n))}
         if len(shapes) > 1:
@@ -170,6 +178,27 @@ class GpuNodeGroupSettings(_Model):
             raise FieldProblems(problems)
         return self
 
+    @model_validator(mode="after")
+    def _check_device_plugin(self) -> GpuNodeGroupSettings:
+        own = self.device_plugin
+        if own is None:
+            return self
+        if self.is_bottlerocket:
+            raise FieldProblems(
+                [
+                    (
+                        ("devicePlugin",),
+                        "Bottlerocket runs its own device plugin; these would not apply",
+                    )
+                ]
+            )
+        info = instances.lookup(self.instance_types[0])
+        if own.mig_strategy in ("single", "mixed") and info and not info.mig_capable:
+            raise FieldProblems(
+                [(("devicePlugin", "migStrategy"), f"{info.gpu_model} GPUs do not support MIG")]
+            )
+        return self
+
     @property
     def instance_type_info(self) -> instances.GpuInstanceType:
         info = instances.lookup(self.instance_types[0])
@@ -197,6 +226,10 @@ class GpuNodeGroupSettings(_Model):
         """The EFA layout of the group's nodes when EFA is on (infra/efa.py)."""
         return efa.resolve_fabric(self.efa, self.instance_types)
 
+    def effective_device_plugin(self, stack: DevicePluginSettings) -> DevicePluginSettings:
+        """The device plugin settings this group's nodes run with."""
+        return self.device_plugin.apply_to(stack) if self.device_plugin else stack
+
 
 # Labels that say a node is spot or on-demand, set by EKS and Karpenter themselves.
 CAPACITY_TYPE_LABELS = ("eks.amazonaws.com/capacityType", "karpenter.sh/capacity-type")
@@ -223,7 +256,11 @@ def node_labels(group: GpuNodeGroupSettings) -> dict[str, str]:
         # device plugin reports, and scales up again (autoscaler#3164).
         catalog.ACCELERATOR_LABEL: info.accelerator,
         catalog.NODE_GROUP_LABEL: group.name,
-        catalog.DEVICE_PLUGIN_LABEL: "host" if group.is_bottlerocket else "daemonset",
+        catalog.DEVICE_PLUGIN_LABEL: "host"
+        if group.is_bottlerocket
+        else pool_label_value(group.name)
+        if group.device_plugin
+        else "daemonset",
         catalog.CAPACITY_TYPE_LABEL: "spot" if group.is_spot else "on-demand",
         **(efa.node_labels() if group.efa_fabric else {}),
     }
@@ -232,6 +269,7 @@ def node_labels(group: GpuNodeGroupSettings) -> dict[str, str]:
 def advertised_gpus(group: GpuNodeGroupSettings, device_plugin: DevicePluginSettings) -> int:
     """`nvidia.com/gpu` a node of the group advertises (time-slicing multiplies it
     unless the shared GPUs are renamed to `nvidia.com/gpu.shared`)."""
+    device_plugin = group.effective_device_plugin(device_plugin)
     ts = device_plugin.time_slicing
     if device_plugin.sharing_enabled and not ts.rename_by_default and not group.is_bottlerocket:
         return group.gpus_per_node * ts.replicas

@@ -13,6 +13,18 @@ from dataclasses import dataclass
 
 MIG_GPU_MODELS = frozenset({"A100", "H100", "H200"})
 
+# GPU instance families outside the table on purpose: AMD GPUs (g4ad: Radeon
+# Pro V520) need AMD's device plugin and ROCm images, and the platform runs
+# NVIDIA only; Inferentia/Trainium (inf*, trn*) are not GPUs.
+UNSUPPORTED_ACCELERATED_FAMILIES = {
+    "g4ad": "AMD Radeon Pro V520 GPUs: the platform supports NVIDIA GPUs only",
+    "inf1": "AWS Inferentia, not a GPU",
+    "inf2": "AWS Inferentia2, not a GPU",
+    "trn1": "AWS Trainium, not a GPU",
+    "trn1n": "AWS Trainium, not a GPU",
+    "trn2": "AWS Trainium2, not a GPU",
+}
+
 
 @dataclass(frozen=True)
 class EfaFabric:
@@ -134,6 +146,15 @@ _G_SIZES = {
 _G6E_SIZES = {size: (g, v, m * 2) for size, (g, v, m) in _G_SIZES.items()}
 
 GPU_INSTANCE_TYPES: dict[str, GpuInstanceType] = {
+    # V100: no MIG, no bf16; p3dn has 32 GB GPUs and 100 Gbit/s networking.
+    **_family(
+        "p3",
+        "V100",
+        16,
+        "nvidia-tesla-v100",
+        {"2xlarge": (1, 8, 61), "8xlarge": (4, 32, 244), "16xlarge": (8, 64, 488)},
+    ),
+    **_family("p3dn", "V100", 32, "nvidia-tesla-v100", {"24xlarge": (8, 96, 768)}),
     **_family(
         "g4dn",
         "T4",

@@ -15,6 +15,12 @@ What it guarantees, so no caller has to remember:
   default makes them crash);
 - the recommended labels on the pod template.
 
+What a caller may loosen, one field at a time and never below Pod Security
+`restricted`: another non-zero uid/gid (`run_as_user`), a writable root
+filesystem for one container (`writable_root_filesystem`), a CPU limit or a
+memory limit above the request (`Resources`). Native sidecars are init
+containers with `sidecar=True` (rendered with `restartPolicy: Always`).
+
 Node daemons that must touch the host (device plugin, DCGM exporter) use
 `profile="node-daemon"`, which alone may mount hostPath volumes or run as root,
 still without privilege escalation and with capabilities dropped unless added
@@ -177,6 +183,13 @@ class Container:
     mounts: Sequence[Mount] = ()
     # Keep serving while endpoints drop the terminating pod (kubelet sleep action).
     pre_stop_sleep_seconds: int = 0
+    working_dir: str | None = None
+    # Opt-in for images that write outside their volumes; still Pod Security
+    # `restricted` (which does not require a read-only root).
+    writable_root_filesystem: bool = False
+    # An init container with restartPolicy Always is a native sidecar: it starts
+    # before the main containers, runs beside them and does not keep a Job alive.
+    sidecar: bool = False
     # node-daemon profile only:
     run_as_root: bool = False
     add_capabilities: Sequence[str] = ()
@@ -189,7 +202,7 @@ class PodSpec:
     labels: Mapping[str, str]
     containers: Sequence[Container]
     priority_class: str
-    init_containers: Sequence[Container] = ()
+    init_containers: Sequence[Container] = ()  # sidecars (`sidecar=True`) among them
     volumes: Sequence[Volume] = ()
     annotations: Mapping[str, str] = field(default_factory=dict)
     profile: Profile = "restricted"
@@ -199,6 +212,7 @@ class PodSpec:
     # Node daemons on GPU nodes:
     gpu_daemon: bool = False
     skip_host_device_plugin: bool = False
+    skip_device_plugin_values: Sequence[str] = ()
     service_account: str | None = None
     automount_service_account_token: bool = False
     shm_size: str | None = None
@@ -209,13 +223,17 @@ class PodSpec:
     pod_affinity: Mapping[str, Any] | None = None  # e.g. scheduling.same_zone_affinity(...)
     run_as_user: int = NON_ROOT_UID
     run_as_group: int = NON_ROOT_GID
+    # Only nodes with these labels (the caller checks that some pool has them).
+    node_selector: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def gpus(self) -> int:
         """GPUs per pod: init containers run before the main ones, so the pod needs
-        the larger of the biggest init container and the sum of main containers."""
-        main = sum(c.resources.gpus for c in self.containers)
-        init = max((c.resources.gpus for c in self.init_containers), default=0)
+        the larger of the biggest init container and the sum of main containers
+        (sidecars run beside the main containers and count with them)."""
+        sidecars = [c for c in self.init_containers if c.sidecar]
+        main = sum(c.resources.gpus for c in [*self.containers, *sidecars])
+        init = max((c.resources.gpus for c in self.init_containers if not c.sidecar), default=0)
         return max(main, init)
 
 
@@ -255,11 +273,14 @@ def pod_template(spec: PodSpec) -> dict[str, Any]:
         pod["serviceAccountName"] = spec.service_account
     if spec.subdomain:
         pod["subdomain"] = spec.subdomain
+    if spec.node_selector:
+        pod["nodeSelector"] = dict(spec.node_selector)
 
     placement: dict[str, Any] = {}
     if spec.gpu_daemon:
         placement = scheduling.gpu_daemon_placement(
-            skip_host_device_plugin=spec.skip_host_device_plugin
+            skip_host_device_plugin=spec.skip_host_device_plugin,
+            skip_device_plugin_values=spec.skip_device_plugin_values,
         )
     elif spec.gpus:
         placement = scheduling.gpu_placement(
@@ -297,6 +318,10 @@ def _check(spec: PodSpec) -> None:
             c.run_as_root or c.add_capabilities for c in [*spec.containers, *spec.init_containers]
         ):
             raise ValueError("root and added capabilities are only for the node-daemon profile")
+        if spec.run_as_user == 0 or spec.run_as_group == 0:
+            raise ValueError("a restricted pod runs as a non-zero user and group")
+    if any(c.sidecar for c in spec.containers):
+        raise ValueError("sidecars go in init_containers (native sidecars)")
 
 
 def _pod_security(spec: PodSpec) -> dict[str, Any]:
@@ -317,7 +342,7 @@ def _pod_security(spec: PodSpec) -> dict[str, Any]:
 def _container(c: Container, spec: PodSpec, implicit: list[Mount]) -> dict[str, Any]:
     security: dict[str, Any] = {
         "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
+        "readOnlyRootFilesystem": not c.writable_root_filesystem,
         "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"},
     }
@@ -337,10 +362,14 @@ def _container(c: Container, spec: PodSpec, implicit: list[Mount]) -> dict[str, 
         "resources": c.resources.manifest(),
         "securityContext": security,
     }
+    if c.sidecar:
+        out["restartPolicy"] = "Always"
     if c.command is not None:
         out["command"] = list(c.command)
     if c.args:
         out["args"] = list(c.args)
+    if c.working_dir:
+        out["workingDir"] = c.working_dir
     env = [_env(name, value) for name, value in c.env.items()]
     if env:
         out["env"] = env
@@ -361,6 +390,7 @@ def _container(c: Container, spec: PodSpec, implicit: list[Mount]) -> dict[str, 
 
 
 def _mount(m: Mount) -> dict[str, Any]:
+    """A volumeMount."""
     out: dict[str, Any] = {"name": m.volume, "mountPath": m.path}
     if m.read_only:
         out["readOnly"] = True

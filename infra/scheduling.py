@@ -102,17 +102,25 @@ def gpu_placement(
     return {"tolerations": tolerations, "affinity": _required_node_affinity(expressions)}
 
 
-def gpu_daemon_placement(*, skip_host_device_plugin: bool = False) -> dict[str, Any]:
+def gpu_daemon_placement(
+    *, skip_host_device_plugin: bool = False, skip_device_plugin_values: Sequence[str] = ()
+) -> dict[str, Any]:
     """Placement of a per-GPU-node daemon (device plugin, DCGM exporter): every GPU
     node, spot or not, and nothing else. `skip_host_device_plugin` leaves out nodes
-    whose OS runs the device plugin itself (Bottlerocket NVIDIA)."""
+    whose OS runs the device plugin itself (Bottlerocket NVIDIA);
+    `skip_device_plugin_values` also those whose device plugin label has one of
+    these values (pools with their own device plugin config)."""
     expressions: list[dict[str, Any]] = [
         {"key": catalog.GPU_PRESENT_LABEL, "operator": "In", "values": ["true"]},
     ]
     if skip_host_device_plugin:
         # NotIn also matches nodes without the label (clusters not built by us).
         expressions.append(
-            {"key": catalog.DEVICE_PLUGIN_LABEL, "operator": "NotIn", "values": ["host"]}
+            {
+                "key": catalog.DEVICE_PLUGIN_LABEL,
+                "operator": "NotIn",
+                "values": ["host", *skip_device_plugin_values],
+            }
         )
     return {
         "tolerations": [GPU_TAINT.toleration(), SPOT_TAINT.toleration()],

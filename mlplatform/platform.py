@@ -18,7 +18,7 @@ from infra.gpu_nodes import GpuNodeGroup, GpuNodeGroupArgs
 from infra.karpenter import Karpenter, KarpenterArgs
 from infra.queueing import METRICS_PORT_NAME, METRICS_SERVICE_LABELS, Queueing
 from infra.scheduling import PriorityClasses
-from infra.tenancy import TeamNamespace, TeamNamespaceArgs
+from infra.tenancy import TeamAccess, TeamAccessArgs, TeamNamespace, TeamNamespaceArgs
 from mlplatform import queues
 from mlplatform.settings import PlatformSettings
 from workloads.batch import BatchInference, BatchInferenceArgs, BatchInferenceSpec
@@ -107,7 +107,14 @@ class Platform(pulumi.ComponentResource):
         self.device_plugin = (
             NvidiaDevicePlugin(
                 f"{name}-device-plugin",
-                NvidiaDevicePluginArgs(settings=s.device_plugin),
+                NvidiaDevicePluginArgs(
+                    settings=s.device_plugin,
+                    pools={
+                        g.name: g.effective_device_plugin(s.device_plugin)
+                        for g in s.gpu_node_groups
+                        if g.device_plugin is not None
+                    },
+                ),
                 opts=k8s_opts,
             )
             if s.device_plugin.enabled
@@ -148,6 +155,25 @@ class Platform(pulumi.ComponentResource):
             if s.queueing.enabled
             else None
         )
+        principals: dict[str, list[str]] = {}
+        for team in s.teams:
+            for arn in team.iam_members:
+                principals.setdefault(arn, []).append(team.name)
+        self.team_access = (
+            TeamAccess(
+                f"{name}-team-access",
+                TeamAccessArgs(
+                    cluster_name=self.cluster.eks.name
+                    if s.cluster.mode == "create"
+                    else s.cluster_name,
+                    partition=self.cluster.partition,
+                    principals=principals,
+                ),
+                opts=aws_opts,
+            )
+            if principals
+            else None
+        )
         self.runtime_image = (
             RuntimeImage(
                 f"{name}-runtime-image", RuntimeImageArgs(settings=s.runtime_image), opts=aws_opts
@@ -181,6 +207,7 @@ class Platform(pulumi.ComponentResource):
                     monitoring_namespace=s.monitoring.namespace,
                     kueue_namespace=s.queueing.namespace,
                     pending_minutes=s.queueing.pending_alert_minutes,
+                    runbook_url=s.monitoring.runbook_url,
                     metrics_service_labels=METRICS_SERVICE_LABELS,
                     metrics_port=METRICS_PORT_NAME,
                     depends_on=[*self.monitoring.crd_dependencies, self.queueing.release],

@@ -22,24 +22,33 @@ reference (docs/configuration.md) is generated from the field descriptions
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from infra import catalog, cluster_autoscaler, karpenter
+from infra import catalog, cluster_autoscaler, karpenter, quantity
 from infra.capacity import Autoscaler, CapacitySettings
 from infra.cluster import ClusterSettings
-from infra.config_types import DnsLabel, FieldProblems, Loc, _Model, unknown_key_message
+from infra.config_types import (
+    DnsLabel,
+    FieldProblems,
+    Loc,
+    _Model,
+    format_loc,
+    unknown_key_message,
+)
 from infra.device_plugin import DevicePluginSettings
 from infra.efa import EfaDevicePluginSettings, EfaPod
-from infra.gpu_nodes import GpuNodeGroupSettings, advertised_gpus
+from infra.gpu_nodes import GpuNodeGroupSettings, advertised_gpus, node_labels
 from infra.instances import EfaFabric
 from infra.queueing import CPU_FLAVOR, LOCAL_QUEUE, QueueingSettings, check_team_quotas
 from infra.scheduling import SchedulingSettings
-from infra.tenancy import TeamSettings
+from infra.tenancy import TeamSettings, is_iam_principal
 from policies import rules
 from workloads.batch import BatchInferenceSpec
+from workloads.common import WorkloadSpec
 from workloads.distributed import DistributedTrainingSpec
 from workloads.image import RuntimeImageSettings
 from workloads.monitoring import MonitoringSettings
@@ -117,6 +126,44 @@ class GpuPool:
     spot: bool
     efa: EfaFabric | None = None  # the EFA fabric when the pool has it on
     hugepages: str = "5120Mi"
+    # Node labels the pool's nodes carry, with the values they may have; None
+    # when the stack does not know them all (nodes it does not create).
+    labels: Mapping[str, frozenset[str]] | None = None
+    mig_capable: bool = False
+    mig_mixed: bool = False  # advertises nvidia.com/mig-<profile> (mixed strategy)
+    # Time-sliced with failRequestsGreaterThanOne: pods asking >1 GPU are rejected.
+    rejects_multi_gpu: bool = False
+
+    def satisfies(self, selector: Mapping[str, str]) -> bool:
+        """Could a node of this pool match the node selector?"""
+        if self.labels is None:
+            return all(
+                key != catalog.ACCELERATOR_LABEL or value == self.accelerator
+                for key, value in selector.items()
+            )
+        return all(
+            key in ANY_VALUE_LABELS or value in self.labels.get(key, frozenset())
+            for key, value in selector.items()
+        )
+
+
+# Labels every node has, with values the stack cannot list (the zone of a node).
+ANY_VALUE_LABELS = frozenset({"topology.kubernetes.io/zone", "kubernetes.io/hostname"})
+
+
+def _known_labels(
+    own: Mapping[str, str], instance_types: list[str], spot: bool
+) -> dict[str, frozenset[str]]:
+    """Labels of a node the stack creates: its own plus the well-known ones
+    the kubelet and EKS set."""
+    labels = {k: frozenset({v}) for k, v in own.items()}
+    labels |= {
+        "node.kubernetes.io/instance-type": frozenset(instance_types),
+        "kubernetes.io/arch": frozenset({"amd64"}),
+        "kubernetes.io/os": frozenset({"linux"}),
+        "eks.amazonaws.com/capacityType": frozenset({"SPOT" if spot else "ON_DEMAND"}),
+    }
+    return labels
 
 
 # ---------------------------------------------------------------------------
@@ -216,6 +263,26 @@ class PlatformSettings(_Model):
                         f"{limit} is more than the largest GPU node has ({largest})",
                     )
                 )
+        for i, team in enumerate(self.teams):
+            for j, member in enumerate(team.members):
+                if not is_iam_principal(member):
+                    continue
+                if not self.cluster.uses_aws:
+                    problems.append(
+                        (
+                            ("teams", i, "members", j),
+                            "IAM principals get access through EKS access entries; with "
+                            "cluster.kubeconfigContext list Kubernetes group names instead",
+                        )
+                    )
+                elif member in self.cluster.admin_role_arns:
+                    problems.append(
+                        (
+                            ("teams", i, "members", j),
+                            "already a cluster admin (cluster.adminRoleArns): EKS allows one "
+                            "access entry per principal",
+                        )
+                    )
         dp = self.device_plugin
         if dp.sharing_enabled or dp.mig_strategy != "none":
             for i, group in enumerate(self.gpu_node_groups):
@@ -228,16 +295,35 @@ class PlatformSettings(_Model):
                             "use AL2023_x86_64_NVIDIA or turn sharing off",
                         )
                     )
-        if dp.mig_strategy != "none":
-            for i, group in enumerate(self.gpu_node_groups):
-                if not group.instance_type_info.mig_capable:
-                    problems.append(
-                        (
-                            ("gpuNodeGroups", i, "instanceTypes"),
-                            f"{group.instance_type_info.gpu_model} GPUs do not support MIG "
-                            f"(devicePlugin.migStrategy is {dp.mig_strategy!r})",
-                        )
+        if (
+            dp.mig_strategy == "mixed"
+            and self.gpu_node_groups
+            and not any(p.mig_capable for p in self.gpu_pools)
+        ):
+            problems.append(
+                (
+                    ("devicePlugin", "migStrategy"),
+                    "'mixed' needs MIG-capable GPUs (A100, H100, H200) in some node group",
+                )
+            )
+        # `mixed` advertises GPUs without MIG as nvidia.com/gpu, so MIG and plain
+        # groups mix; `single` is meant for nodes whose GPUs are all MIG. (A
+        # group's own devicePlugin is checked by the group.)
+        for i, group in enumerate(self.gpu_node_groups):
+            own = group.device_plugin
+            if (
+                dp.mig_strategy == "single"
+                and (own is None or own.mig_strategy is None)
+                and not group.instance_type_info.mig_capable
+            ):
+                problems.append(
+                    (
+                        ("gpuNodeGroups", i, "instanceTypes"),
+                        f"{group.instance_type_info.gpu_model} GPUs do not support MIG "
+                        "(devicePlugin.migStrategy is 'single'; use 'mixed' to run "
+                        "MIG and plain GPU groups side by side)",
                     )
+                )
         for i, group in enumerate(self.gpu_node_groups):
             zones = self.cluster.vpc.availability_zones
             if (
@@ -360,7 +446,6 @@ class PlatformSettings(_Model):
         teams = {t.name: t for t in self.teams}
         known_accelerators = {p.accelerator for p in self.gpu_pools if p.accelerator}
         seen: dict[tuple[str, str], int] = {}
-        dp = self.device_plugin
         if self.runtime_image.build is not None and not self.cluster.uses_aws:
             problems.append(
                 (
@@ -404,13 +489,47 @@ class PlatformSettings(_Model):
                             f"{', '.join(sorted(known_accelerators)) or 'no labelled GPU nodes'}",
                         )
                     )
-            if w.mig_profile and dp.mig_strategy != "mixed":
+            reachable = [
+                p
+                for p in self.pools_for(w.priority_class, w.accelerators)
+                if p.satisfies(w.node_selector)
+            ]
+            if w.mig_profile and not any(p.mig_mixed for p in reachable):
                 problems.append(
                     (
                         (*at, "migProfile"),
-                        "MIG resources per profile need devicePlugin.migStrategy: mixed",
+                        "MIG resources per profile need MIG-capable GPU nodes (A100, H100, "
+                        "H200) it may run on with migStrategy: mixed (devicePlugin, or the "
+                        "group's own devicePlugin)",
                     )
                 )
+            shared = [p.name for p in reachable if p.rejects_multi_gpu]
+            if shared and w.gpus > 1 and not w.mig_profile:
+                problems.append(
+                    (
+                        (*at, "gpus"),
+                        f"{w.gpus} GPUs per pod on time-sliced GPUs (node groups "
+                        f"{', '.join(shared)}): the device plugin rejects requests for more "
+                        "than one shared GPU (failRequestsGreaterThanOne); ask for 1, keep it "
+                        "off those groups (accelerators, nodeSelector), or turn time-slicing off",
+                    )
+                )
+            problems += self._node_selector_problems(w, at)
+            if team is not None:
+                team_at = ("teams", self.teams.index(team))
+                problems += _limit_range_problems(w, at, team, team_at)
+                scoped = team.quota.by_priority_class.get(w.priority_class)
+                if scoped is not None and scoped.gpus is not None and w.gpus > scoped.gpus:
+                    budget = format_loc(
+                        (*team_at, "quota", "byPriorityClass", w.priority_class, "gpus")
+                    )
+                    problems.append(
+                        (
+                            (*at, "gpus"),
+                            f"{w.gpus} GPUs per pod: team {team.name!r} allows "
+                            f"{w.priority_class} pods {scoped.gpus} in all ({budget})",
+                        )
+                    )
             if w.gpus and not w.mig_profile:
                 pools = self.pools_for(w.priority_class, w.accelerators)
                 if not pools:
@@ -443,6 +562,7 @@ class PlatformSettings(_Model):
             if (
                 isinstance(w, DistributedTrainingSpec)
                 and w.nodes > 1
+                and w.checkpoint.enabled
                 and w.checkpoint.claim is None
                 and not (w.checkpoint.storage_class or shared_class)
             ):
@@ -567,6 +687,32 @@ class PlatformSettings(_Model):
         fabric = pools[0].efa if pools and self.efa_for(w) is not None else None
         return round(fabric.busbw_gbs * w.threshold_fraction, 1) if fabric else None
 
+    def _node_selector_problems(self, w: WorkloadSpec, at: Loc) -> list[tuple[Loc, str]]:
+        if not w.node_selector:
+            return []
+        if w.gpus:
+            pools = self.pools_for(w.priority_class, w.accelerators)
+            what = "GPU pool it may use"
+        else:
+            pools = [self.cpu_pool]
+            what = "node pool for pods without GPUs (the system nodes)"
+        if any(p.satisfies(w.node_selector) for p in pools):
+            return []
+        carried = sorted(
+            {f"{k}={v}" for p in pools for k, vs in (p.labels or {}).items() for v in vs}
+            - {f"{k}={v}" for k, v in w.node_selector.items()}
+        )
+        wanted = ", ".join(f"{k}={v}" for k, v in w.node_selector.items())
+        return [
+            (
+                (*at, "nodeSelector"),
+                f"no {what} has all of {wanted}; the pod would never schedule "
+                f"(labels on offer: {', '.join(carried[:8]) or 'none known'}"
+                + (", ..." if len(carried) > 8 else "")
+                + ")",
+            )
+        ]
+
     # Derived facts -------------------------------------------------------
 
     def pool_gpus(self, name: str) -> int:
@@ -585,20 +731,56 @@ class PlatformSettings(_Model):
 
     @property
     def gpu_pools(self) -> list[GpuPool]:
+        def mixed(settings: DevicePluginSettings) -> bool:
+            return settings.mig_strategy == "mixed"
+
+        def rejects_multi_gpu(settings: DevicePluginSettings) -> bool:
+            ts = settings.time_slicing
+            return settings.sharing_enabled and ts.fail_requests_greater_than_one
+
         return [
             GpuPool(
                 g.name,
                 g.gpus_per_node,
                 g.instance_type_info.accelerator,
                 g.is_spot,
-                g.efa_fabric,
-                g.efa.hugepages,
+                efa=g.efa_fabric,
+                hugepages=g.efa.hugepages,
+                labels=_known_labels(node_labels(g), list(g.instance_types), g.is_spot),
+                mig_capable=g.instance_type_info.mig_capable,
+                mig_mixed=mixed(g.effective_device_plugin(self.device_plugin)),
+                rejects_multi_gpu=rejects_multi_gpu(g.effective_device_plugin(self.device_plugin)),
             )
             for g in self.gpu_node_groups
         ] + [
-            GpuPool(n.name, n.gpus_per_node, n.accelerator, False)
+            GpuPool(
+                n.name,
+                n.gpus_per_node,
+                n.accelerator,
+                False,
+                mig_capable=True,
+                mig_mixed=mixed(self.device_plugin),
+                rejects_multi_gpu=rejects_multi_gpu(self.device_plugin),
+            )
             for n in self.cluster.existing_gpu_nodes
         ]
+
+    @property
+    def cpu_pool(self) -> GpuPool:
+        """Where pods without GPUs run: the system node group (create mode), or
+        nodes the stack does not know."""
+        if self.cluster.mode == "create":
+            sysng = self.cluster.system_nodes
+            return GpuPool(
+                "system",
+                0,
+                None,
+                False,
+                labels=_known_labels(
+                    {catalog.NODE_ROLE_LABEL: "system"}, list(sysng.instance_types), False
+                ),
+            )
+        return GpuPool("cluster", 0, None, False)
 
     def pools_for(self, priority_class: str, accelerators: list[str]) -> list[GpuPool]:
         """The GPU pools a pod of this class (and accelerator choice) can land on."""
@@ -660,6 +842,100 @@ class PlatformSettings(_Model):
 
 def _minor(version: str) -> tuple[int, ...]:
     return tuple(int(p) for p in version.split("."))
+
+
+def _limit_range_problems(
+    w: WorkloadSpec, at: Loc, team: TeamSettings, team_at: Loc
+) -> list[tuple[Loc, str]]:
+    """What the team's LimitRange would do to the workload's containers at
+    admission: fill in the default CPU limit, then check max, min and the
+    limit/request ratios. A pod that breaks one is rejected by the API server
+    (the Job or Deployment renders and applies fine and then never runs)."""
+    lim = team.limits
+    q = quantity.parse
+    problems: list[tuple[Loc, str]] = []
+    where = format_loc((*team_at, "limits"))
+    default_key = "defaultCpuLimit" if lim.default_cpu_limit else "max.cpu"
+    for loc, shape in w.container_shapes():
+        who = "the platform's model fetcher" if loc == ("model", "uri") else "the container"
+        cpu_limit = shape.cpu_limit or lim.effective_default_cpu_limit
+        memory_limit = shape.memory_limit or shape.memory
+        if shape.cpu_limit is None and cpu_limit is not None and q(shape.cpu) > q(cpu_limit):
+            key = (*at, *loc) if loc == ("model", "uri") else (*at, *loc, "cpu")
+            problems.append(
+                (
+                    key,
+                    f"{who} requests {shape.cpu} CPU but sets no CPU limit, so the LimitRange "
+                    f"of team {team.name!r} gives it {cpu_limit} ({where}.{default_key}) "
+                    "and the API server rejects the pod (request above limit); set cpuLimit "
+                    f">= {shape.cpu} or raise {where}.{default_key}",
+                )
+            )
+            continue
+        checks = (
+            ("cpu", shape.cpu, cpu_limit, shape.cpu_limit, "cpuLimit"),
+            ("memory", shape.memory, memory_limit, shape.memory_limit, "memoryLimit"),
+        )
+        for resource, request, limit, own_limit, limit_key in checks:
+            fetcher = loc == ("model", "uri")
+            key = (*at, *loc) if fetcher else (*at, *loc, resource)
+            limit_at = (*at, *loc, limit_key) if own_limit is not None and not fetcher else key
+            high, low = getattr(lim.max, resource), getattr(lim.min, resource)
+            ratio = getattr(lim.max_limit_request_ratio, resource)
+            if high is not None and limit is not None and q(limit) > q(high):
+                problems.append(
+                    (
+                        limit_at,
+                        f"{who}'s {resource} limit {limit} is above the LimitRange max of team "
+                        f"{team.name!r} ({where}.max.{resource}: {high})",
+                    )
+                )
+            elif high is not None and q(request) > q(high):
+                problems.append(
+                    (
+                        key,
+                        f"{who}'s {resource} request {request} is above the LimitRange max of team "
+                        f"{team.name!r} ({where}.max.{resource}: {high})",
+                    )
+                )
+            if low is not None and q(request) < q(low):
+                problems.append(
+                    (
+                        key,
+                        f"{who}'s {resource} request {request} is below the LimitRange min of team "
+                        f"{team.name!r} ({where}.min.{resource}: {low})",
+                    )
+                )
+            if ratio is not None and limit is not None and q(limit) > q(ratio) * q(request):
+                problems.append(
+                    (
+                        key,
+                        f"{who}'s {resource} limit {limit} is more than {ratio}x its request "
+                        f"{request} (team {team.name!r}: {where}.maxLimitRequestRatio.{resource})",
+                    )
+                )
+    size = _checkpoint_size(w)
+    for bound, value in (("max", lim.pvc.max), ("min", lim.pvc.min)):
+        if size is None or value is None:
+            continue
+        if (bound == "max" and q(size) > q(value)) or (bound == "min" and q(size) < q(value)):
+            problems.append(
+                (
+                    (*at, "checkpoint", "size"),
+                    f"{size} is {'above' if bound == 'max' else 'below'} the PVC {bound} of team "
+                    f"{team.name!r} ({where}.pvc.{bound}: {value}): the claim would be rejected",
+                )
+            )
+    return problems
+
+
+def _checkpoint_size(w: WorkloadSpec) -> str | None:
+    """Size of the checkpoint PVC the workload creates, if it creates one."""
+    if isinstance(w, (TrainingJobSpec, DistributedTrainingSpec)):
+        c = w.checkpoint
+        if c.enabled and c.claim is None:
+            return c.size
+    return None
 
 
 def _unique(names: list[str], key: str) -> list[tuple[Loc, str]]:

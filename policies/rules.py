@@ -223,41 +223,75 @@ class PodTemplate:
 
 
 def pod_templates(res: Resource) -> list[PodTemplate]:
-    """The pod specs a Kubernetes object runs (empty for non-workloads)."""
+    """The pod specs a Kubernetes object runs (empty for non-workloads), found by
+    shape wherever they sit: Deployments, StatefulSets, DaemonSets, Jobs,
+    CronJobs, PyTorchJob/TFJob replica specs, JobSet replicated jobs,
+    LeaderWorkerSet leader and worker templates, and any custom resource that
+    embeds a pod spec (a mapping with a `containers` list), or an Argo Workflow
+    template's single `container`/`script`.
+
+    `replicas` multiplies the `replicas`/`parallelism`/`size` met on the way
+    down (1 where none is set, as Kubernetes defaults it; None when one is
+    unknown during a real preview)."""
     if not res.is_kubernetes:
         return []
     spec = res.props.get("spec") or {}
-    kind = res.kind
-    if kind == "Pod":
+    if res.kind == "Pod":
         return [PodTemplate("spec", spec, 1)]
-    if kind in ("Deployment", "StatefulSet", "ReplicaSet", "DaemonSet", "Job"):
-        template = (spec.get("template") or {}).get("spec")
-        if template is None:
-            return []
-        replicas = spec.get("parallelism") if kind == "Job" else spec.get("replicas")
-        return [PodTemplate("spec.template.spec", template, replicas)]
-    if kind == "CronJob":
-        job = ((spec.get("jobTemplate") or {}).get("spec")) or {}
-        template = (job.get("template") or {}).get("spec")
-        return (
-            [PodTemplate("spec.jobTemplate.spec.template.spec", template, job.get("parallelism"))]
-            if template
-            else []
-        )
-    if kind == "PyTorchJob":
-        out = []
-        for role, replica in (spec.get("pytorchReplicaSpecs") or {}).items():
-            template = ((replica or {}).get("template") or {}).get("spec")
-            if template is not None:
-                out.append(
-                    PodTemplate(
-                        f"spec.pytorchReplicaSpecs.{role}.template.spec",
-                        template,
-                        replica.get("replicas"),
-                    )
-                )
-        return out
-    return []
+    found: list[PodTemplate] = []
+    _walk(spec, "spec", 1, found)
+    return found
+
+
+_WALK_DEPTH = 12  # deep enough for CronJob -> Job -> template and JobSet nesting
+
+
+def _walk(
+    node: Any, path: str, replicas: int | None, out: list[PodTemplate], depth: int = 0
+) -> None:
+    if depth > _WALK_DEPTH:
+        return
+    if isinstance(node, list):
+        for i, item in enumerate(node):
+            _walk(item, f"{path}[{i}]", replicas, out, depth + 1)
+        return
+    if not isinstance(node, Mapping):
+        return
+    if _is_pod_spec(node):
+        out.append(PodTemplate(path, node, replicas))
+        return
+    argo = _argo_pod(node)
+    if argo is not None:
+        out.append(PodTemplate(path, argo, replicas))
+        return
+    count = replicas
+    for key in ("replicas", "parallelism", "size"):
+        value = node.get(key)
+        if key in node and not isinstance(value, bool):
+            count = (
+                None if count is None or not isinstance(value, (int, float)) else count * int(value)
+            )
+            break
+    for key, value in node.items():
+        if key in ("metadata", "status", "selector"):
+            continue
+        _walk(value, f"{path}.{key}", count, out, depth + 1)
+
+
+def _is_pod_spec(node: Mapping[str, Any]) -> bool:
+    containers = node.get("containers")
+    return isinstance(containers, list) and all(isinstance(c, Mapping) for c in containers)
+
+
+def _argo_pod(node: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """An Argo Workflow template runs one `container` (or `script`) plus sidecars:
+    read it as the pod spec it becomes (its placement fields are the pod's)."""
+    main = node.get("container") or node.get("script")
+    if not isinstance(main, Mapping) or "image" not in main:
+        return None
+    pod = {k: v for k, v in node.items() if k not in ("container", "script", "sidecars")}
+    pod["containers"] = [main, *[c for c in node.get("sidecars") or [] if isinstance(c, Mapping)]]
+    return pod
 
 
 def _containers(pod: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
@@ -545,6 +579,13 @@ def gpu_capacity(resources: list[Resource], cfg: PolicyConfig) -> int:
     )
 
 
+def _scoped(res: Resource) -> bool:
+    """A quota for some pods only (scopes, scopeSelector): a budget inside the
+    namespace's, not more capacity."""
+    spec = res.props.get("spec") or {}
+    return bool(spec.get("scopes") or spec.get("scopeSelector"))
+
+
 @rule(
     "gpu-quota-capacity",
     description="The sum of team GPU quotas stays within the GPU capacity (node groups at "
@@ -561,7 +602,7 @@ def gpu_quota_capacity(
 ) -> Iterator[tuple[Resource | None, str]]:
     total = 0.0
     for res in resources:
-        if res.is_kubernetes and res.kind == "ResourceQuota":
+        if res.is_kubernetes and res.kind == "ResourceQuota" and not _scoped(res):
             hard = ((res.props.get("spec") or {}).get("hard")) or {}
             value = hard.get(f"requests.{catalog.GPU_RESOURCE}")
             if value is not None:

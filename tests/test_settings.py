@@ -54,13 +54,19 @@ BAD_CONFIGS: list[tuple[str, dict[str, Any], str, str]] = [
         "cpu-instance-type",
         {"gpuNodeGroups": [group(instanceTypes=["m5.large"])]},
         "mlplatform:gpuNodeGroups[0].instanceTypes[0]",
-        "not a GPU instance type",
+        "not a supported GPU instance type",
+    ),
+    (
+        "amd-instance-type",
+        {"gpuNodeGroups": [group(instanceTypes=["g4ad.xlarge"])]},
+        "mlplatform:gpuNodeGroups[0].instanceTypes[0]",
+        "not supported (AMD Radeon Pro V520 GPUs",
     ),
     (
         "unknown-gpu-size",
         {"gpuNodeGroups": [group(instanceTypes=["g5.3xlarge"])]},
         "mlplatform:gpuNodeGroups[0].instanceTypes[0]",
-        "unknown size of the g5 family",
+        "not a supported size of the g5 family",
     ),
     (
         "mixed-gpu-shapes",

@@ -1,4 +1,5 @@
-"""BatchInference: an Indexed Job over S shards with P pods at a time. Pod i
+"""BatchInference: an Indexed Job over S shards with P pods at a time (a
+CronJob of that Job with `schedule`). Pod i
 processes shard `JOB_COMPLETION_INDEX` of `JOB_COMPLETIONS` and writes its
 results atomically per shard (workloads/runtime/batch.py), so a retried or
 re-run shard never duplicates or drops a record.
@@ -26,13 +27,19 @@ from workloads.runtime import contract
 WORKER = "batch"
 
 
-class BatchInferenceSpec(common.WorkloadSpec):
-    """Offline inference over sharded input (kind `batch`)."""
+class BatchInferenceSpec(common.WorkloadSpec, common.Scheduled):
+    """Offline inference over sharded input (kind `batch`); with `schedule`, a
+    CronJob that runs it again on each tick (shards are rewritten atomically, so a
+    re-run replaces the previous results)."""
 
     runtime_program: ClassVar[str] = "batch"
 
     kind: Literal["batch"] = Field(description="`batch`.")
-    model: common.ModelSource = Field(description="Where the model comes from (required).")
+    model: common.ModelSource | None = Field(
+        None,
+        description="Where the model comes from, mounted read-only at /models. Required "
+        "for the runtime program; optional for an own `image` + `command`.",
+    )
     input: str = Field(
         description="`s3://bucket/prefix`, or a path inside `volume` (mounted at /data)."
     )
@@ -47,7 +54,9 @@ class BatchInferenceSpec(common.WorkloadSpec):
     max_failed_indexes: int = Field(
         0, ge=0, description="Failed shards tolerated before the whole Job fails (0: the first)."
     )
-    memory: Quantity = Field("4Gi", description="Memory request and limit.")
+    memory: Quantity = Field(
+        "4Gi", description="Memory request, and the limit unless `memoryLimit` is set."
+    )
     scratch: Quantity = Field(
         "10Gi",
         description="/tmp emptyDir: a shard's output is staged there before its single "
@@ -61,6 +70,8 @@ class BatchInferenceSpec(common.WorkloadSpec):
     @model_validator(mode="after")
     def _check_batch(self) -> BatchInferenceSpec:
         problems: list[tuple[Loc, str]] = []
+        if self.model is None and self.uses_runtime:
+            problems.append((("model",), "the runtime program needs a model (`uri` or `claim`)"))
         if self.parallelism > self.shards:
             problems.append(
                 (("parallelism",), f"{self.parallelism} is more than shards ({self.shards})")
@@ -85,11 +96,26 @@ class BatchInferenceSpec(common.WorkloadSpec):
 
     @property
     def needs_runtime_image(self) -> bool:
-        return self.uses_runtime or self.model.uri is not None
+        return self.uses_runtime or (self.model is not None and self.model.uri is not None)
+
+    def platform_mounts(self) -> dict[str, str]:
+        mounts = super().platform_mounts()
+        if self.model is not None:
+            mounts["model"] = contract.MODEL_DIR
+        if self.volume is not None:
+            mounts["data"] = contract.DATA_DIR
+        return mounts
+
+    def container_shapes(self) -> list[tuple[Loc, common.ContainerShape]]:
+        shapes = super().container_shapes()
+        if self.model is not None and self.model.uri is not None:
+            shapes.append((("model", "uri"), common.FETCH_SHAPE))
+        return shapes
 
     @property
     def object_storage_uris(self) -> list[str]:
-        return [u for u in (self.model.uri, self.input, self.output) if u and u.startswith("s3://")]
+        model = self.model.uri if self.model is not None else None
+        return [u for u in (model, self.input, self.output) if u and u.startswith("s3://")]
 
     def location(self, value: str) -> str:
         return value if value.startswith("s3://") else f"{contract.DATA_DIR}/{value}"
@@ -113,7 +139,7 @@ class BatchInferenceArgs:
 class BatchInference(pulumi.ComponentResource):
     """Sharded batch inference as an Indexed Job.
 
-    Outputs: `job_name`, `namespace`, `shards`, `output`.
+    Outputs: `job_name`, `namespace`, `shards`, `output`, `schedule` (None for a Job).
     """
 
     def __init__(
@@ -123,8 +149,12 @@ class BatchInference(pulumi.ComponentResource):
         spec, ctx = args.spec, args.context
         labels = common.workload_labels(spec, "batch-inference")
         sa = common.service_account(name, spec, ctx, labels, self)
-        volumes, init, model_mount = common.model_volume(spec.model, ctx, spec)
-        mounts = [model_mount]
+        volumes: list[pod.Volume] = []
+        init: list[pod.Container] = []
+        mounts: list[pod.Mount] = []
+        if spec.model is not None:
+            volumes, init, model_mount = common.model_volume(spec.model, ctx, spec)
+            mounts.append(model_mount)
         if spec.volume is not None:
             volumes.append(pod.Volume("data", claim=spec.volume.claim))
             mounts.append(pod.Mount("data", contract.DATA_DIR, sub_path=spec.volume.sub_path))
@@ -180,22 +210,36 @@ class BatchInference(pulumi.ComponentResource):
             "template": template,
             **common.suspended(ctx),
         }
-        self.job = k8s.batch.v1.Job(
-            f"{name}-job",
-            metadata=common.object_metadata(spec, ctx, labels),
-            spec=job_spec,
-            opts=ctx.opts(self, sa, delete_before_replace=True),
-        )
+        metadata = common.object_metadata(spec, ctx, labels)
+        if spec.schedule:
+            self.job: k8s.batch.v1.Job | k8s.batch.v1.CronJob = k8s.batch.v1.CronJob(
+                f"{name}-cronjob",
+                metadata=metadata,
+                # Kueue reads the queue label on each Job the CronJob creates.
+                spec=common.cron_job_spec(
+                    spec, job_spec, {**labels, **common.queue_labels(spec, ctx)}
+                ),
+                opts=ctx.opts(self, sa),
+            )
+        else:
+            self.job = k8s.batch.v1.Job(
+                f"{name}-job",
+                metadata=metadata,
+                spec=job_spec,
+                opts=ctx.opts(self, sa, delete_before_replace=True),
+            )
         common.open_network("batch", name, spec, ctx, labels, self)
         self.job_name = spec.name
         self.namespace = ctx.namespace
         self.shards = spec.shards
         self.output = spec.location(spec.output)
+        self.schedule = spec.schedule
         self.register_outputs(
             {
                 "job_name": self.job_name,
                 "namespace": self.namespace,
                 "shards": self.shards,
                 "output": self.output,
+                "schedule": self.schedule,
             }
         )

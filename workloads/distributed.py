@@ -42,6 +42,7 @@ from workloads import common
 from workloads.runtime import contract
 from workloads.training import (
     JOB_NAME_LABEL,
+    PYTORCHJOB_NAME_LABEL,
     TRAINER,
     TrainingSpecBase,
     ensure_checkpoint_claim,
@@ -89,6 +90,7 @@ class DistributedTrainingSpec(TrainingSpecBase):
         problems: list[tuple[Loc, str]] = []
         if (
             self.nodes > 1
+            and self.checkpoint.enabled
             and self.checkpoint.claim is None
             and self.checkpoint.access_mode == "ReadWriteOnce"
         ):
@@ -158,9 +160,10 @@ class DistributedTraining(pulumi.ComponentResource):
         sa = common.service_account(name, spec, ctx, labels, self)
         claim = ensure_checkpoint_claim(name, spec, ctx, labels, self)
         volumes, mounts = training_volumes(spec, claim)
-        checkpoint_dir = f"{contract.CHECKPOINT_DIR}/$(JOB_NAME)"
+        checkpoint_dir = f"{spec.checkpoint_root}/$(JOB_NAME)"
+        job_name_label = JOB_NAME_LABEL if spec.backend == "indexed-job" else PYTORCHJOB_NAME_LABEL
         env = {
-            **training_env(ctx),
+            **training_env(ctx, job_name_label),
             "NCCL_DEBUG": "WARN",
             # Surface a dead peer as an error (and a torchrun restart), not a hang.
             "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",

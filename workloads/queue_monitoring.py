@@ -64,17 +64,25 @@ DASHBOARD = dashboards.Dashboard(
 )
 
 
-def alert_group(pending_minutes: int) -> dict[str, Any]:
-    """The `mlplatform-queueing` PrometheusRule group."""
+ALERT = "KueueWorkloadPendingTooLong"
+
+
+def alert_group(pending_minutes: int, runbook_url: str = "docs/alerts.md") -> dict[str, Any]:
+    """The `mlplatform-queueing` PrometheusRule group. Like the platform's other
+    alerts, it names what it is about (`cluster_queue`) and who owns it: each
+    team's ClusterQueue is named after the team, so `team` is the queue's name."""
     window = f"{pending_minutes}m"
+    stuck = (
+        "sum by (cluster_queue) (kueue_pending_workloads) > 0 unless on "
+        "(cluster_queue) sum by (cluster_queue) "
+        f"(increase(kueue_admitted_workloads_total[{window}])) > 0"
+    )
     return {
         "name": "mlplatform-queueing",
         "rules": [
             {
-                "alert": "KueueWorkloadPendingTooLong",
-                "expr": "sum by (cluster_queue) (kueue_pending_workloads) > 0 unless on "
-                "(cluster_queue) sum by (cluster_queue) "
-                f"(increase(kueue_admitted_workloads_total[{window}])) > 0",
+                "alert": ALERT,
+                "expr": f'label_replace({stuck}, "team", "$1", "cluster_queue", "(.+)")',
                 "for": window,
                 "labels": {"severity": "warning", "platform": "mlplatform"},
                 "annotations": {
@@ -83,6 +91,7 @@ def alert_group(pending_minutes: int) -> dict[str, Any]:
                     "description": "Its oldest pending workload has waited at least "
                     f"{pending_minutes} minutes. `kubectl get workloads -n <team>` shows why "
                     "(quota used up, no flavor fits, or the pool cannot scale).",
+                    "runbook_url": f"{runbook_url}#{ALERT.lower()}",
                 },
             }
         ],
@@ -94,6 +103,7 @@ class QueueMonitoringArgs:
     monitoring_namespace: str
     kueue_namespace: str
     pending_minutes: int
+    runbook_url: str
     metrics_service_labels: dict[str, str]
     metrics_port: str
     # The releases installing the CRDs (prometheus-operator's) and Kueue itself.
@@ -134,7 +144,7 @@ class QueueMonitoring(pulumi.ComponentResource):
             },
             opts=child,
         )
-        group = alert_group(args.pending_minutes)
+        group = alert_group(args.pending_minutes, args.runbook_url)
         k8s.apiextensions.CustomResource(
             f"{name}-rules",
             api_version=MONITORING_API,

@@ -10,8 +10,9 @@ PodDisruptionBudget, on GPUs or CPUs.
   on SIGTERM the server stops reporting ready and drains in-flight requests;
   a preStop sleep covers the time endpoints take to drop the pod.
 - HPA (autoscaling/v2) owns the replica count (the Deployment does not set
-  it): CPU utilisation and optionally a per-pod custom metric (served by a
-  Prometheus adapter), scale-up fast, scale-down slow.
+  it): CPU and/or memory utilisation and optionally a per-pod custom metric
+  (served by a Prometheus adapter); scale-up fast, scale-down slow unless
+  `behavior` says otherwise.
 - The model comes from object storage (an init container with the workload's
   IRSA role copies it to an emptyDir) or from a PVC.
 - Canary: a second Deployment (`<name>-canary`, its own image or model) behind
@@ -61,6 +62,79 @@ class CustomMetric(_Model):
     target_average_value: str = Field("8", description="Scale to keep the per-pod average at this.")
 
 
+class ScalingPolicy(_Model):
+    """One HPA scaling policy: at most `value` pods or percent per `periodSeconds`."""
+
+    type: Literal["Pods", "Percent"] = Field(description="`Pods` or `Percent`.")
+    value: int = Field(ge=1, description="Pods or percent of the current replicas.")
+    period_seconds: int = Field(ge=1, le=1800, description="Window the value applies to.")
+
+
+class ScalingRules(_Model):
+    """How fast the HPA scales in one direction; unset fields keep the platform's."""
+
+    stabilization_window_seconds: int | None = Field(
+        None,
+        ge=0,
+        le=3600,
+        description="Act on the extreme recommendation of this window. Platform: 0 up, 300 down.",
+    )
+    select_policy: Literal["Max", "Min", "Disabled"] | None = Field(
+        None,
+        description="Which policy wins (`Disabled` turns this direction off). Platform: Max.",
+    )
+    policies: list[ScalingPolicy] | None = Field(
+        None,
+        min_length=1,
+        description="Platform: up, 100 percent or 4 pods a minute; down, 10 percent a minute.",
+    )
+
+
+class HpaBehavior(_Model):
+    """HPA `behavior`, direction by direction."""
+
+    scale_up: ScalingRules = Field(default_factory=ScalingRules, description="Scaling up.")
+    scale_down: ScalingRules = Field(default_factory=ScalingRules, description="Scaling down.")
+
+
+# Up: react at once, double or add 4 pods a minute, whichever is more. Down: only
+# after 5 minutes of lower load, 10 percent a minute; a GPU replica takes
+# minutes to come back.
+DEFAULT_BEHAVIOR: dict[str, dict[str, Any]] = {
+    "scaleUp": {
+        "stabilizationWindowSeconds": 0,
+        "selectPolicy": "Max",
+        "policies": [
+            {"type": "Percent", "value": 100, "periodSeconds": 60},
+            {"type": "Pods", "value": 4, "periodSeconds": 60},
+        ],
+    },
+    "scaleDown": {
+        "stabilizationWindowSeconds": 300,
+        "selectPolicy": "Max",
+        "policies": [{"type": "Percent", "value": 10, "periodSeconds": 60}],
+    },
+}
+
+
+def hpa_behavior(behavior: HpaBehavior) -> dict[str, Any]:
+    """The platform's behavior with the spec's overrides."""
+    out: dict[str, Any] = {}
+    for key, rules in (("scaleUp", behavior.scale_up), ("scaleDown", behavior.scale_down)):
+        merged = dict(DEFAULT_BEHAVIOR[key])
+        if rules.stabilization_window_seconds is not None:
+            merged["stabilizationWindowSeconds"] = rules.stabilization_window_seconds
+        if rules.select_policy is not None:
+            merged["selectPolicy"] = rules.select_policy
+        if rules.policies is not None:
+            merged["policies"] = [
+                {"type": p.type, "value": p.value, "periodSeconds": p.period_seconds}
+                for p in rules.policies
+            ]
+        out[key] = merged
+    return out
+
+
 class Canary(_Model):
     """A second version receiving a share of the traffic."""
 
@@ -87,17 +161,56 @@ class InferenceServiceSpec(common.WorkloadSpec):
     runtime_program: ClassVar[str] = "serve"
 
     kind: Literal["inference"] = Field(description="`inference`.")
-    model: common.ModelSource = Field(description="Where the model comes from (required).")
+    model: common.ModelSource | None = Field(
+        None,
+        description="Where the model comes from, mounted read-only at /models. Required "
+        "for the runtime server; optional for an own server (`image` + `command`).",
+    )
+    port: int | None = Field(
+        None,
+        ge=1024,
+        le=65535,
+        description="Own server (`command`): the port it listens on (non-root, so >= 1024). "
+        f"Default: the runtime's {contract.SERVE_PORT}.",
+    )
+    readiness_path: str | None = Field(
+        None,
+        pattern=r"^/",
+        description="Own server: HTTP path of the readiness (and startup) probe. Default: "
+        f"`{contract.HEALTH_READY_PATH}`.",
+    )
+    liveness_path: str | None = Field(
+        None,
+        pattern=r"^/",
+        description=f"Own server: HTTP path of the liveness probe. Default: "
+        f"`{contract.HEALTH_LIVE_PATH}`.",
+    )
     model_name: str | None = Field(
         None, description="Model name in the API paths. Default: `name`."
     )
     cpu: Quantity = Field("2", description="CPU request.")
-    memory: Quantity = Field("4Gi", description="Memory request and limit.")
+    memory: Quantity = Field(
+        "4Gi", description="Memory request, and the limit unless `memoryLimit` is set."
+    )
     priority_class: PriorityClassName = Field("serving-critical", description="PriorityClass.")
     min_replicas: int = Field(2, ge=1, description="HPA minimum (2 survives a node loss).")
     max_replicas: int = Field(4, ge=1, description="HPA maximum.")
-    target_cpu_utilization: int = Field(
-        70, ge=10, le=100, description="HPA CPU target, percent of the request."
+    target_cpu_utilization: int | None = Field(
+        70,
+        ge=10,
+        le=100,
+        description="HPA CPU target, percent of the request; `null` drops the CPU metric.",
+    )
+    target_memory_utilization: int | None = Field(
+        None,
+        ge=10,
+        le=100,
+        description="HPA memory target, percent of the memory request. Default: none.",
+    )
+    behavior: HpaBehavior = Field(
+        default_factory=HpaBehavior,
+        description="HPA scaling speed (`scaleUp`, `scaleDown`); unset fields keep the "
+        "platform's (up at once, down after 5 minutes, 10 percent a minute).",
     )
     custom_metric: CustomMetric | None = Field(
         None, description="A per-pod metric for the HPA as well (the better signal on GPUs)."
@@ -128,6 +241,32 @@ class InferenceServiceSpec(common.WorkloadSpec):
                     f"{self.min_replicas} is greater than maxReplicas ({self.max_replicas})",
                 )
             )
+        if self.model is None and self.uses_runtime:
+            problems.append((("model",), "the runtime server needs a model (`uri` or `claim`)"))
+        if self.canary is not None and self.canary.model_uri and self.model is None:
+            problems.append((("canary", "modelUri"), "a canary model needs a stable `model`"))
+        if self.uses_runtime:
+            problems += [
+                ((key,), "only for an own server (`image` + `command`)")
+                for key, value in (
+                    ("port", self.port),
+                    ("readinessPath", self.readiness_path),
+                    ("livenessPath", self.liveness_path),
+                )
+                if value is not None
+            ]
+        if (
+            self.target_cpu_utilization is None
+            and self.target_memory_utilization is None
+            and self.custom_metric is None
+        ):
+            problems.append(
+                (
+                    ("targetCpuUtilization",),
+                    "the HPA needs a metric: keep this, or set targetMemoryUtilization or "
+                    "customMetric",
+                )
+            )
         if problems:
             raise FieldProblems(problems)
         return self
@@ -149,11 +288,27 @@ class InferenceServiceSpec(common.WorkloadSpec):
 
     @property
     def needs_runtime_image(self) -> bool:
-        return self.uses_runtime or self.model.uri is not None
+        return self.uses_runtime or (self.model is not None and self.model.uri is not None)
+
+    @property
+    def server_port(self) -> int:
+        return self.port or contract.SERVE_PORT
+
+    def platform_mounts(self) -> dict[str, str]:
+        mounts = super().platform_mounts()
+        if self.model is not None:
+            mounts["model"] = contract.MODEL_DIR
+        return mounts
+
+    def container_shapes(self) -> list[tuple[Loc, common.ContainerShape]]:
+        shapes = super().container_shapes()
+        if self.model is not None and self.model.uri is not None:
+            shapes.append((("model", "uri"), common.FETCH_SHAPE))
+        return shapes
 
     @property
     def object_storage_uris(self) -> list[str]:
-        uris = [self.model.uri] if self.model.uri else []
+        uris = [self.model.uri] if self.model is not None and self.model.uri else []
         if self.canary and self.canary.model_uri:
             uris.append(self.canary.model_uri)
         return uris
@@ -197,7 +352,7 @@ class InferenceService(pulumi.ComponentResource):
         )
         if spec.canary is not None:
             model = spec.model
-            if spec.canary.model_uri:
+            if spec.canary.model_uri and spec.model is not None:
                 model = common.ModelSource(
                     uri=spec.canary.model_uri, cache_size=spec.model.cache_size
                 )
@@ -233,13 +388,15 @@ class InferenceService(pulumi.ComponentResource):
             {
                 "type": "Resource",
                 "resource": {
-                    "name": "cpu",
-                    "target": {
-                        "type": "Utilization",
-                        "averageUtilization": spec.target_cpu_utilization,
-                    },
+                    "name": resource,
+                    "target": {"type": "Utilization", "averageUtilization": target},
                 },
             }
+            for resource, target in (
+                ("cpu", spec.target_cpu_utilization),
+                ("memory", spec.target_memory_utilization),
+            )
+            if target is not None
         ]
         if spec.custom_metric is not None:
             metrics.append(
@@ -266,24 +423,7 @@ class InferenceService(pulumi.ComponentResource):
                 "minReplicas": spec.min_replicas,
                 "maxReplicas": spec.max_replicas,
                 "metrics": metrics,
-                "behavior": {
-                    # Up: react at once, double or add 4 pods a minute, whichever is more.
-                    "scaleUp": {
-                        "stabilizationWindowSeconds": 0,
-                        "selectPolicy": "Max",
-                        "policies": [
-                            {"type": "Percent", "value": 100, "periodSeconds": 60},
-                            {"type": "Pods", "value": 4, "periodSeconds": 60},
-                        ],
-                    },
-                    # Down: only after 5 minutes of lower load, 10 percent a minute;
-                    # a GPU replica takes minutes to come back.
-                    "scaleDown": {
-                        "stabilizationWindowSeconds": 300,
-                        "selectPolicy": "Max",
-                        "policies": [{"type": "Percent", "value": 10, "periodSeconds": 60}],
-                    },
-                },
+                "behavior": hpa_behavior(spec.behavior),
             },
             opts=ctx.opts(self, self.deployment),
         )
@@ -298,9 +438,7 @@ class InferenceService(pulumi.ComponentResource):
             },
             opts=ctx.opts(self),
         )
-        common.open_network(
-            "inference", name, spec, ctx, labels, self, http_port=contract.SERVE_PORT
-        )
+        common.open_network("inference", name, spec, ctx, labels, self, http_port=spec.server_port)
         self.service_name = spec.name
         self.namespace = ctx.namespace
         self.url = f"http://{spec.name}.{ctx.namespace}.svc.cluster.local"
@@ -328,12 +466,19 @@ class InferenceService(pulumi.ComponentResource):
         labels: dict[str, str],
         track: Literal["stable", "canary"],
         image: str | None,
-        model: common.ModelSource,
+        model: common.ModelSource | None,
         opts: pulumi.ResourceOptions,
         replicas: int | None = None,
     ) -> k8s.apps.v1.Deployment:
         track_labels = {**labels, TRACK_LABEL: track}
-        volumes, init, model_mount = common.model_volume(model, ctx, spec)
+        volumes: list[pod.Volume] = []
+        init: list[pod.Container] = []
+        mounts: list[pod.Mount] = []
+        if model is not None:
+            volumes, init, model_mount = common.model_volume(model, ctx, spec)
+            mounts.append(model_mount)
+        ready = spec.readiness_path or contract.HEALTH_READY_PATH
+        live = spec.liveness_path or contract.HEALTH_LIVE_PATH
         command, args = common.entrypoint(
             spec, ["python", "-m", contract.SERVE_MODULE], spec.runtime_args()
         )
@@ -344,21 +489,19 @@ class InferenceService(pulumi.ComponentResource):
             command=command,
             args=args,
             env=common.container_env(spec),
-            ports={HTTP_PORT_NAME: contract.SERVE_PORT},
+            ports={HTTP_PORT_NAME: spec.server_port},
             resources=common.resources(spec),
-            mounts=[model_mount],
+            mounts=mounts,
             probes=pod.Probes(
                 startup=pod.HttpProbe(
-                    contract.HEALTH_READY_PATH,
+                    ready,
                     HTTP_PORT_NAME,
                     period_seconds=period,
                     failure_threshold=math.ceil(spec.startup_seconds / period),
                 ),
-                readiness=pod.HttpProbe(
-                    contract.HEALTH_READY_PATH, HTTP_PORT_NAME, period_seconds=period
-                ),
+                readiness=pod.HttpProbe(ready, HTTP_PORT_NAME, period_seconds=period),
                 liveness=pod.HttpProbe(
-                    contract.HEALTH_LIVE_PATH,
+                    live,
                     HTTP_PORT_NAME,
                     period_seconds=10,
                     failure_threshold=3,
@@ -377,7 +520,7 @@ class InferenceService(pulumi.ComponentResource):
             shm_size=spec.shm_size if spec.gpus else None,
             annotations={
                 "prometheus.io/scrape": "true",
-                "prometheus.io/port": str(contract.SERVE_PORT),
+                "prometheus.io/port": str(spec.server_port),
                 "prometheus.io/path": contract.METRICS_PATH,
             },
         )

@@ -14,23 +14,27 @@ SIGTERM (it exits 143 afterwards).
 Checkpoints go to `/checkpoints/<job name>` on a PVC (created, or an existing
 claim): a Job's retries resume there, and each run of a CronJob starts fresh
 in its own directory instead of finding the last night's run finished.
+`checkpoint: false` skips the PVC for jobs that need none (they write to /tmp).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import pulumi
 import pulumi_kubernetes as k8s
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from infra import pod
 from infra.config_types import DnsLabel, FieldProblems, PriorityClassName, Quantity, _Model
-from workloads import common, cron
+from workloads import common
 from workloads.runtime import contract
 
-JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"  # set by the Job controller
+# Kubeflow training-operator v1 labels a PyTorchJob's pods with this one (it sets
+# no `batch.kubernetes.io/job-name`: those pods belong to no Job).
+PYTORCHJOB_NAME_LABEL = "training.kubeflow.org/job-name"
 TRAINER = "trainer"
 
 
@@ -45,8 +49,14 @@ class MlflowSettings(_Model):
 
 
 class CheckpointSpec(_Model):
-    """Checkpoint storage: a PVC the workload creates, or an existing claim."""
+    """Checkpoint storage: a PVC the workload creates, or an existing claim.
+    `checkpoint: false` turns it off (a smoke test, a job that resumes from nothing)."""
 
+    enabled: bool = Field(
+        True,
+        description="`false` (or `checkpoint: false`): no PVC; checkpoints and the export "
+        "go to the pod's /tmp and are lost with it, and a preempted run starts over.",
+    )
     claim: DnsLabel | None = Field(
         None, description="Use this existing PersistentVolumeClaim instead of creating one."
     )
@@ -60,6 +70,13 @@ class CheckpointSpec(_Model):
         None,
         description="Default: ReadWriteOnce, or ReadWriteMany for training on several nodes.",
     )
+
+
+def _checkpoint_shorthand(value: Any) -> Any:
+    """`checkpoint: false` / `true` as shorthands of `{enabled: ...}`."""
+    if isinstance(value, bool):
+        return {"enabled": value}
+    return value
 
 
 class TrainingSpecBase(common.WorkloadSpec):
@@ -84,8 +101,9 @@ class TrainingSpecBase(common.WorkloadSpec):
     checkpoint_every: int = Field(
         200, ge=0, description="Checkpoint every N steps; 0: only on stop/end."
     )
-    checkpoint: CheckpointSpec = Field(
-        default_factory=CheckpointSpec, description="Checkpoint storage."
+    checkpoint: Annotated[CheckpointSpec, BeforeValidator(_checkpoint_shorthand)] = Field(
+        default_factory=CheckpointSpec,
+        description="Checkpoint storage; `false` for none (no PVC).",
     )
     backoff_limit: int = Field(
         3, ge=0, le=100, description="Retries after crashes (preemptions are not counted)."
@@ -118,6 +136,21 @@ class TrainingSpecBase(common.WorkloadSpec):
     def checkpoint_access_mode(self) -> str:
         return self.checkpoint.access_mode or "ReadWriteOnce"
 
+    def platform_mounts(self) -> dict[str, str]:
+        mounts = super().platform_mounts()
+        if self.checkpoint.enabled:
+            mounts["checkpoints"] = contract.CHECKPOINT_DIR
+        if self.dataset is not None:
+            mounts["dataset"] = contract.DATA_DIR
+        return mounts
+
+    @property
+    def checkpoint_root(self) -> str:
+        """Where checkpoints go: the PVC, or the pod's scratch space without one."""
+        if self.checkpoint.enabled:
+            return contract.CHECKPOINT_DIR
+        return f"{contract.SCRATCH_DIR}/checkpoints"
+
     def runtime_args(self, checkpoint_dir: str) -> list[str]:
         data = self.data if self.data == "synthetic" else f"{contract.DATA_DIR}/{self.data}"
         return [
@@ -138,31 +171,10 @@ class TrainingSpecBase(common.WorkloadSpec):
         return self
 
 
-class TrainingJobSpec(TrainingSpecBase):
+class TrainingJobSpec(TrainingSpecBase, common.Scheduled):
     """A training Job (kind `training`), or a CronJob with `schedule`."""
 
     kind: Literal["training"] = Field(description="`training`.")
-    schedule: str | None = Field(
-        None,
-        description="Cron schedule (e.g. `0 3 * * *`): a CronJob instead of a Job. "
-        "concurrencyPolicy Forbid: a run never overlaps the previous one.",
-    )
-    time_zone: str = Field("Etc/UTC", description="Time zone of `schedule` (IANA name).")
-    starting_deadline_seconds: int = Field(
-        600,
-        ge=10,
-        description="A run that could not start within this is skipped (and alerted on).",
-    )
-
-    @field_validator("schedule")
-    @classmethod
-    def _check_schedule(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        try:
-            return cron.validate(value)
-        except cron.CronError as exc:
-            raise ValueError(f"invalid cron schedule: {exc}") from None
 
 
 def pod_failure_policy(container: str, *, fail_job_on_any_crash: bool) -> dict[str, Any]:
@@ -194,10 +206,13 @@ def pod_failure_policy(container: str, *, fail_job_on_any_crash: bool) -> dict[s
 
 
 def training_volumes(
-    spec: TrainingSpecBase, claim_name: str
+    spec: TrainingSpecBase, claim_name: str | None
 ) -> tuple[list[pod.Volume], list[pod.Mount]]:
-    volumes = [pod.Volume("checkpoints", claim=claim_name)]
-    mounts = [pod.Mount("checkpoints", contract.CHECKPOINT_DIR)]
+    volumes: list[pod.Volume] = []
+    mounts: list[pod.Mount] = []
+    if claim_name is not None:
+        volumes.append(pod.Volume("checkpoints", claim=claim_name))
+        mounts.append(pod.Mount("checkpoints", contract.CHECKPOINT_DIR))
     if spec.dataset is not None:
         volumes.append(pod.Volume("dataset", claim=spec.dataset.claim, claim_read_only=True))
         mounts.append(
@@ -206,11 +221,14 @@ def training_volumes(
     return volumes, mounts
 
 
-def training_env(ctx: common.WorkloadContext) -> dict[str, pod.EnvValue]:
-    """JOB_NAME from the label the Job controller puts on its pods, and the
-    MLflow server train.py logs to when the platform has one."""
+def training_env(
+    ctx: common.WorkloadContext, job_name_label: str = JOB_NAME_LABEL
+) -> dict[str, pod.EnvValue]:
+    """JOB_NAME from the label the controller puts on its pods (the Job
+    controller's, or the training operator's for a PyTorchJob), and the MLflow
+    server train.py logs to when the platform has one."""
     env: dict[str, pod.EnvValue] = {
-        "JOB_NAME": pod.FieldRef(f"metadata.labels['{JOB_NAME_LABEL}']")
+        "JOB_NAME": pod.FieldRef(f"metadata.labels['{job_name_label}']")
     }
     if ctx.mlflow_tracking_uri:
         env["MLFLOW_TRACKING_URI"] = ctx.mlflow_tracking_uri
@@ -223,8 +241,10 @@ def ensure_checkpoint_claim(
     ctx: common.WorkloadContext,
     labels: dict[str, str],
     parent: pulumi.Resource,
-) -> str:
-    """The claim to mount: the existing one, or a PVC created here."""
+) -> str | None:
+    """The claim to mount: the existing one, a PVC created here, or none."""
+    if not spec.checkpoint.enabled:
+        return None
     if spec.checkpoint.claim:
         return spec.checkpoint.claim
     shared = spec.checkpoint_access_mode == "ReadWriteMany"
@@ -265,7 +285,7 @@ class TrainingJob(pulumi.ComponentResource):
         labels = common.workload_labels(spec, "training")
         sa = common.service_account(name, spec, ctx, labels, self)
         claim = ensure_checkpoint_claim(name, spec, ctx, labels, self)
-        checkpoint_dir = f"{contract.CHECKPOINT_DIR}/$(JOB_NAME)"
+        checkpoint_dir = f"{spec.checkpoint_root}/$(JOB_NAME)"
         if spec.gpus > 1:
             # One process per GPU on this node.
             runtime = [
@@ -317,19 +337,10 @@ class TrainingJob(pulumi.ComponentResource):
             self.job: k8s.batch.v1.Job | k8s.batch.v1.CronJob = k8s.batch.v1.CronJob(
                 f"{name}-cronjob",
                 metadata=metadata,
-                spec={
-                    "schedule": spec.schedule,
-                    "timeZone": spec.time_zone,
-                    "concurrencyPolicy": "Forbid",
-                    "startingDeadlineSeconds": spec.starting_deadline_seconds,
-                    "successfulJobsHistoryLimit": 3,
-                    "failedJobsHistoryLimit": 3,
-                    # Kueue reads the queue label on each Job the CronJob creates.
-                    "jobTemplate": {
-                        "metadata": {"labels": {**labels, **common.queue_labels(spec, ctx)}},
-                        "spec": job_spec,
-                    },
-                },
+                # Kueue reads the queue label on each Job the CronJob creates.
+                spec=common.cron_job_spec(
+                    spec, job_spec, {**labels, **common.queue_labels(spec, ctx)}
+                ),
                 opts=ctx.opts(self, sa),
             )
         else:
