@@ -26,6 +26,23 @@ def is_gpu_resource(resource_name: str) -> bool:
     ) or resource_name.startswith(MIG_RESOURCE_PREFIX)
 
 
+# Elastic Fabric Adapter (infra/efa.py): the resource the AWS EFA device plugin
+# advertises, and the label EFA node groups carry (the plugin's DaemonSet selects it).
+EFA_RESOURCE = "vpc.amazonaws.com/efa"
+EFA_LABEL = f"{LABEL_PREFIX}/efa"
+# AWS publishes the EFA device plugin in Amazon EKS's ECR registries by tag only:
+# the one image the `image-pinned` rule lets run by tag with a stated waiver.
+EFA_DEVICE_PLUGIN_REPOSITORY = "eks/aws-efa-k8s-device-plugin"
+EFA_DEVICE_PLUGIN_REGISTRY = r"\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(\.cn)?"
+HUGEPAGES_2MI_RESOURCE = "hugepages-2Mi"
+# Resources Kueue leaves out of quota (its Configuration's
+# resources.excludeResourcePrefixes): an EFA pod takes its node's interfaces and
+# huge pages with the node's GPUs, which the queues already count. Without this,
+# Kueue cannot admit a job that asks for them (no ClusterQueue covers them).
+QUEUE_EXCLUDED_RESOURCE_PREFIXES = (EFA_RESOURCE, "hugepages-")
+# Karpenter does not consolidate or drift a node whose pods carry this annotation.
+DO_NOT_DISRUPT_ANNOTATION = "karpenter.sh/do-not-disrupt"
+
 # Node labels and taints every GPU node group carries.
 GPU_PRESENT_LABEL = "nvidia.com/gpu.present"  # not set by GFD: the node group sets it
 ACCELERATOR_LABEL = "k8s.amazonaws.com/accelerator"  # Cluster Autoscaler's GPU label on AWS

@@ -341,6 +341,9 @@ class Cluster(pulumi.ComponentResource):
         self.oidc_issuer_url: pulumi.Output[str] | None = None
         self.node_subnet_ids: pulumi.Input[list[str]] = []
         self.vpc_id: pulumi.Output[str] | None = None
+        # The EKS-created security group every node joins (EFA launch templates
+        # name their interfaces' groups, so they must list it).
+        self.cluster_security_group_id: pulumi.Output[str] | None = None
         self.partition = "aws"
         if self.mode == "create":
             self._create(name, s)
@@ -420,6 +423,7 @@ class Cluster(pulumi.ComponentResource):
             opts=child,
         )
         self.endpoint = self.eks.endpoint
+        self.cluster_security_group_id = self.eks.vpc_config.cluster_security_group_id
         self.oidc_issuer_url = self.eks.identities.apply(lambda ids: ids[0].oidcs[0].issuer)
         oidc = aws.iam.OpenIdConnectProvider(
             f"{name}-oidc",
@@ -660,6 +664,7 @@ class Cluster(pulumi.ComponentResource):
         account = aws.get_caller_identity_output(opts=invoke).account_id
         self.endpoint = found.endpoint
         self.vpc_id = found.vpc_config.vpc_id
+        self.cluster_security_group_id = found.vpc_config.cluster_security_group_id
         self.node_subnet_ids = s.subnet_ids or found.vpc_config.subnet_ids
         self.oidc_issuer_url = found.identities.apply(lambda ids: ids[0].oidcs[0].issuer)
         # IRSA needs the cluster's OIDC provider to exist in IAM already

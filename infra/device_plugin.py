@@ -152,6 +152,11 @@ def plugin_config(settings: DevicePluginSettings) -> dict[str, Any]:
             # Crash (and show CrashLoopBackOff) when the driver is broken instead of
             # idling: the DaemonSet only lands on GPU nodes, so failure is real.
             "failOnInitError": True,
+            # Never hand containers the host's /dev/infiniband/uverbs* devices: on
+            # EFA nodes those belong to the AWS EFA device plugin. v0.19.0 turned
+            # MOFED on by default and took them (k8s-device-plugin#1692, fixed in
+            # v0.19.3); pinned off here so no default can change it again.
+            "mofedEnabled": False,
             "plugin": {
                 "passDeviceSpecs": False,
                 "deviceListStrategy": ["envvar"],

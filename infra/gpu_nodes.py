@@ -3,7 +3,9 @@
 settings become a NodePool and an EC2NodeClass, infra/karpenter.py).
 
 Nodes boot from a launch template that requires IMDSv2 with hop limit 1 and
-encrypts the gp3 root volume (infra/nodes.py).
+encrypts the gp3 root volume (infra/nodes.py). EFA groups (infra/efa.py) add
+every EFA interface, the placement group and any reservation to that same
+template, and run in one subnet.
 
 The Cluster Autoscaler builds a template node for a group with no nodes from
 tags on its Auto Scaling group: GPU count, labels and taints. EKS copies a
@@ -23,9 +25,10 @@ import pulumi
 import pulumi_aws as aws
 from pydantic import Field, field_validator, model_validator
 
-from infra import catalog, iam, instances, nodes, scheduling
+from infra import catalog, efa, iam, instances, nodes, scheduling
 from infra.config_types import DnsLabel, FieldProblems, Loc, _Model, check_scaling
 from infra.device_plugin import DevicePluginSettings, PoolDevicePluginSettings, pool_label_value
+from infra.efa import EfaSettings
 
 AmiType = Literal["AL2023_x86_64_NVIDIA", "BOTTLEROCKET_x86_64_NVIDIA"]
 
@@ -94,7 +97,12 @@ class GpuNodeGroupSettings(_Model):
     subnet_ids: list[str] = Field(
         [],
         description="Subnets for this group (e.g. one zone with a capacity reservation). "
-        "Default: the cluster's private subnets.",
+        "Default: the cluster's private subnets (EFA groups: one of them, `efa.subnetIndex`).",
+    )
+    efa: EfaSettings = Field(
+        default_factory=EfaSettings,
+        description="EFA fabric for multi-node training (p4d, p4de, p5, p5e, p5en): "
+        "interfaces, one zone, placement group, security group. See docs/efa.md.",
     )
 
     @field_validator("instance_types")
@@ -164,6 +172,13 @@ class GpuNodeGroupSettings(_Model):
         return self
 
     @model_validator(mode="after")
+    def _check_efa(self) -> GpuNodeGroupSettings:
+        problems = efa.group_problems(self.efa, self.instance_types, self.subnet_ids)
+        if problems:
+            raise FieldProblems(problems)
+        return self
+
+    @model_validator(mode="after")
     def _check_device_plugin(self) -> GpuNodeGroupSettings:
         own = self.device_plugin
         if own is None:
@@ -206,6 +221,11 @@ class GpuNodeGroupSettings(_Model):
     def is_bottlerocket(self) -> bool:
         return self.ami_type.startswith("BOTTLEROCKET")
 
+    @property
+    def efa_fabric(self) -> instances.EfaFabric | None:
+        """The EFA layout of the group's nodes when EFA is on (infra/efa.py)."""
+        return efa.resolve_fabric(self.efa, self.instance_types)
+
     def effective_device_plugin(self, stack: DevicePluginSettings) -> DevicePluginSettings:
         """The device plugin settings this group's nodes run with."""
         return self.device_plugin.apply_to(stack) if self.device_plugin else stack
@@ -242,6 +262,7 @@ def node_labels(group: GpuNodeGroupSettings) -> dict[str, str]:
         if group.device_plugin
         else "daemonset",
         catalog.CAPACITY_TYPE_LABEL: "spot" if group.is_spot else "on-demand",
+        **(efa.node_labels() if group.efa_fabric else {}),
     }
 
 
@@ -266,6 +287,16 @@ def autoscaler_tags(
             advertised_gpus(group, device_plugin)
         ),
     }
+    fabric = group.efa_fabric
+    if fabric:
+        # EFA pods ask for these too: without them the autoscaler does not scale
+        # an empty EFA group up for them.
+        tags[f"{CA_PREFIX}/node-template/resources/{catalog.EFA_RESOURCE}"] = str(
+            fabric.network_cards
+        )
+        tags[f"{CA_PREFIX}/node-template/resources/{catalog.HUGEPAGES_2MI_RESOURCE}"] = (
+            group.efa.hugepages
+        )
     for key, value in node_labels(group).items():
         tags[f"{CA_PREFIX}/node-template/label/{key}"] = value
     for taint in scheduling.gpu_node_taints(group.is_spot):
@@ -295,13 +326,17 @@ class GpuNodeGroupArgs:
     kubernetes_version: str
     subnet_ids: pulumi.Input[list[str]]
     partition: pulumi.Input[str]
+    # EFA groups only: where the fabric's security group lives, and the cluster
+    # security group the nodes keep (interfaces in a launch template replace it).
+    vpc_id: pulumi.Input[str] | None = None
+    cluster_security_group_id: pulumi.Input[str] | None = None
 
 
 class GpuNodeGroup(pulumi.ComponentResource):
     """An EKS managed GPU node group with its IAM role and autoscaler tags.
 
     Outputs: `node_group_name`, `asg_name`, `role_arn`, `gpus_per_node`,
-    `max_gpus`, `instance_types`.
+    `max_gpus`, `instance_types`, `efa_interfaces` (0 without EFA).
     """
 
     def __init__(
@@ -310,11 +345,39 @@ class GpuNodeGroup(pulumi.ComponentResource):
         super().__init__("mlplatform:infra:GpuNodeGroup", name, None, opts)
         group = args.group
         self.role = iam.node_role(f"{name}-role", args.partition, parent=self)
+        subnet_ids: pulumi.Input[list[str]] = args.subnet_ids
+        efa_args: dict[str, Any] | None = None
+        self.efa_fabric: efa.EfaPoolFabric | None = None
+        fabric = group.efa_fabric
+        if fabric is not None:
+            # EFA: the pool's placement group and security group, every interface
+            # in the group's one launch template, and one subnet (one zone).
+            assert args.vpc_id is not None
+            self.efa_fabric = efa.EfaPoolFabric(
+                f"{name}-efa",
+                efa.EfaFabricArgs(
+                    group_name=group.name,
+                    cluster_name=args.cluster_name_plain,
+                    vpc_id=args.vpc_id,
+                    settings=group.efa,
+                ),
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+            efa_args = efa.efa_launch_template_args(
+                fabric,
+                group.efa,
+                efa.security_group_ids(self.efa_fabric, args.cluster_security_group_id),
+                self.efa_fabric.placement_group_name,
+            )
+            subnet_ids = efa.pool_subnets(
+                args.subnet_ids, bool(group.subnet_ids), group.efa.subnet_index
+            )
         self.launch_template = nodes.launch_template(
             f"{name}-lt",
             disk_size_gib=group.disk_size_gib,
             bottlerocket=group.is_bottlerocket,
             tags={"Name": f"{args.cluster_name_plain}-{group.name}"},
+            extra=efa_args,
             parent=self,
         )
         desired = group.desired_size if group.desired_size is not None else group.min_size
@@ -322,7 +385,7 @@ class GpuNodeGroup(pulumi.ComponentResource):
             f"{name}-nodes",
             cluster_name=args.cluster_name,
             node_role_arn=self.role.arn,
-            subnet_ids=args.subnet_ids,
+            subnet_ids=subnet_ids,
             version=args.kubernetes_version,
             ami_type=group.ami_type,
             capacity_type=group.capacity_type,
@@ -369,6 +432,7 @@ class GpuNodeGroup(pulumi.ComponentResource):
             ).items()
         ]
         self.node_group_name = self.node_group.node_group_name
+        self.efa_interfaces = group.efa_fabric.network_cards if group.efa_fabric else 0
         self.role_arn = self.role.arn
         self.gpus_per_node = group.gpus_per_node
         self.max_gpus = group.max_gpus
@@ -381,5 +445,6 @@ class GpuNodeGroup(pulumi.ComponentResource):
                 "gpus_per_node": self.gpus_per_node,
                 "max_gpus": self.max_gpus,
                 "instance_types": self.instance_types,
+                "efa_interfaces": self.efa_interfaces,
             }
         )

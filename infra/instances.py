@@ -27,6 +27,56 @@ UNSUPPORTED_ACCELERATED_FAMILIES = {
 
 
 @dataclass(frozen=True)
+class EfaFabric:
+    """The Elastic Fabric Adapter layout of an instance type.
+
+    network_cards: EFA interfaces a node gets (one per network card, which is
+    also the `vpc.amazonaws.com/efa` count the EFA device plugin advertises);
+    fabric_gbps: the instance's network bandwidth over those cards;
+    gpudirect_rdma: the NICs read and write GPU memory directly
+    (`FI_EFA_USE_DEVICE_RDMA=1`, p4d and later);
+    busbw_gbs: reference NCCL all_reduce bus bandwidth (GB/s) of 2 nodes at a
+    2 GiB message, what the fabric smoke test (workloads/nccl_test.py) compares
+    against; busbw_source says where the figure comes from.
+    """
+
+    network_cards: int
+    fabric_gbps: int
+    gpudirect_rdma: bool
+    busbw_gbs: float
+    busbw_source: str
+
+
+# Sources (looked up December 2026):
+# - p5/p5e: AWS EC2 User Guide, "Maximize network bandwidth on Amazon EC2
+#   instances with multiple network cards"
+#   (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/efa-acc-inst-types.html):
+#   "P5 and P5e instances support up to 32 network cards and can deliver up to
+#   3,200 Gbps"; `vpc.amazonaws.com/efa: 32` on p5.48xlarge in
+#   aws-samples/awsome-distributed-training micro-benchmarks/nccl-tests/kubernetes/nccl-tests.yaml.
+# - p4d/p4de: 4 x 100 Gbps EFA (aws-samples/aws-efa-eks README: "GPUDirect RDMA
+#   backed with 4x100 Gbps EFA"; EC2 network specifications: 400 Gbps).
+# - p5en: 16 EFA devices (EFAv3), 3,200 Gbps (EC2 network specifications;
+#   torchx named_resources_aws `aws_p5en_48xlarge` devices={EFA: 16}).
+# - bus bandwidth: aws-samples/awsome-distributed-training
+#   micro-benchmarks/nccl-tests/README.md, all_reduce_perf on 2x p4de.24xlarge
+#   (78.33 GB/s at 2 GiB) and 2x p5.48xlarge (443.72 GB/s at 2 GiB; 437.79 GB/s
+#   on EKS). No published figure for p4d, p5e or p5en: they get the figure of
+#   the type with the same fabric.
+# g5/g6/g6e large sizes also have EFA, but the platform runs them single-node,
+# so they are not marked here (an `efa: true` on them is a configuration error).
+_P4_BUSBW = "awsome-distributed-training nccl-tests README: 2x p4de.24xlarge, 2 GiB"
+_P5_BUSBW = "awsome-distributed-training nccl-tests README: 2x p5.48xlarge, 2 GiB"
+EFA_FABRICS: dict[str, EfaFabric] = {
+    "p4d.24xlarge": EfaFabric(4, 400, True, 78.0, _P4_BUSBW),
+    "p4de.24xlarge": EfaFabric(4, 400, True, 78.0, _P4_BUSBW),
+    "p5.48xlarge": EfaFabric(32, 3200, True, 437.0, _P5_BUSBW),
+    "p5e.48xlarge": EfaFabric(32, 3200, True, 437.0, _P5_BUSBW + " (p5 figure: same fabric)"),
+    "p5en.48xlarge": EfaFabric(16, 3200, True, 437.0, _P5_BUSBW + " (p5 figure: same fabric)"),
+}
+
+
+@dataclass(frozen=True)
 class GpuInstanceType:
     name: str
     gpus: int
@@ -37,6 +87,8 @@ class GpuInstanceType:
     # Value of the `k8s.amazonaws.com/accelerator` node label: what the Cluster
     # Autoscaler keys GPU nodes on, and what workloads can pin a GPU model with.
     accelerator: str
+    # The EFA fabric (infra/efa.py), None for types without EFA. See EFA_FABRICS.
+    efa: EfaFabric | None = None
 
     @property
     def family(self) -> str:
@@ -45,6 +97,10 @@ class GpuInstanceType:
     @property
     def total_gpu_memory_gib(self) -> int:
         return self.gpus * self.gpu_memory_gib
+
+    @property
+    def efa_capable(self) -> bool:
+        return self.efa is not None
 
     @property
     def mig_capable(self) -> bool:
@@ -69,6 +125,7 @@ def _family(
             vcpus=vcpus,
             memory_gib=mem,
             accelerator=accelerator,
+            efa=EFA_FABRICS.get(f"{family}.{size}"),
         )
         for size, (gpus, vcpus, mem) in sizes.items()
     }
@@ -126,6 +183,12 @@ GPU_FAMILIES: tuple[str, ...] = tuple(sorted({t.family for t in GPU_INSTANCE_TYP
 
 def lookup(instance_type: str) -> GpuInstanceType | None:
     return GPU_INSTANCE_TYPES.get(instance_type)
+
+
+def efa_fabric(instance_type: str) -> EfaFabric | None:
+    """The EFA layout of a GPU instance type the platform runs EFA on (None otherwise)."""
+    info = lookup(instance_type)
+    return info.efa if info else None
 
 
 def max_gpus_per_instance(instance_types: list[str] | tuple[str, ...]) -> int:

@@ -22,7 +22,18 @@ What this module makes, per stack:
   Bottlerocket alias, subnets and security groups by discovery tag, encrypted
   gp3 root, IMDSv2 with hop limit 1) and a NodePool (instance types, capacity
   type, the group's labels, the GPU and spot taints of infra/scheduling.py, a
-  limit of `maxSize` x GPUs per node, consolidation by the group's `role`).
+  limit of `maxSize` x GPUs per node, consolidation by the group's `role`);
+- per EFA group (infra/efa.py), also its `EfaPoolFabric` (cluster placement
+  group, self-referencing security group), and in the EC2NodeClass every EFA
+  interface (`networkInterfaces`), the placement group
+  (`placementGroupSelector`), the fabric's security group beside the cluster's,
+  and the pool's one subnet; the NodePool requires that subnet's zone; a
+  NodeOverlay tells Karpenter the nodes have the huge pages EFA pods request
+  (Karpenter knows no huge pages of any instance type), with the controller's
+  `nodeOverlay` feature gate on. `networkInterfaces` and
+  `placementGroupSelector` exist since Karpenter 1.11 (pkg/apis/v1/ec2nodeclass.go
+  at the pinned commit: `interfaceType` is `interface` or `efa-only`, and card 0
+  device 0 must be an `interface`).
 
 Pins (checked in the aws/karpenter-provider-aws repository, main at
 1d927085, "docs: update for patch release v1.14.1", 2026-08-21, the newest
@@ -50,7 +61,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
@@ -58,7 +69,7 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 from pydantic import Field, field_validator
 
-from infra import catalog, iam, instances, meta, nodes, scheduling
+from infra import catalog, efa, iam, instances, meta, nodes, scheduling
 from infra.config_types import _Model
 from infra.gpu_nodes import GpuNodeGroupSettings, node_labels
 
@@ -73,6 +84,9 @@ SERVICE_ACCOUNT = "karpenter"
 MAX_KUBERNETES_VERSION = "1.36"
 
 NODEPOOL_API = "karpenter.sh/v1"
+NODEOVERLAY_API = "karpenter.sh/v1alpha1"
+ZONE_LABEL = "topology.kubernetes.io/zone"
+NODEPOOL_LABEL = "karpenter.sh/nodepool"
 NODECLASS_API = "karpenter.k8s.aws/v1"
 NODECLASS_GROUP = "karpenter.k8s.aws"
 DISCOVERY_TAG = "karpenter.sh/discovery"
@@ -159,18 +173,29 @@ def node_class_spec(
     *,
     role: pulumi.Input[str],
     discovery_tag: str,
+    efa_pool: efa.KarpenterEfa | None = None,
 ) -> dict[str, Any]:
-    """EC2NodeClass spec of a GPU group."""
+    """EC2NodeClass spec of a GPU group. An EFA group (`efa_pool`, required when
+    the group has EFA on) launches into its one subnet, with the fabric's security
+    group beside the cluster's, every EFA interface and its placement group."""
+    fabric = group.efa_fabric
+    if (fabric is None) != (efa_pool is None):
+        raise ValueError(f"EC2NodeClass {group.name}: EFA pool details without EFA, or not given")
     subnets: list[dict[str, Any]] = (
-        [{"id": subnet} for subnet in group.subnet_ids]
+        [{"id": efa_pool.subnet_id}]
+        if efa_pool is not None
+        else [{"id": subnet} for subnet in group.subnet_ids]
         if group.subnet_ids
         else [{"tags": {DISCOVERY_TAG: discovery_tag}}]
     )
-    return {
+    security_groups: list[dict[str, Any]] = [{"tags": {DISCOVERY_TAG: discovery_tag}}]
+    if efa_pool is not None:
+        security_groups.append({"id": efa_pool.security_group_id})
+    spec: dict[str, Any] = {
         "role": role,
         "amiSelectorTerms": [{"alias": ami_alias(group, settings)}],
         "subnetSelectorTerms": subnets,
-        "securityGroupSelectorTerms": [{"tags": {DISCOVERY_TAG: discovery_tag}}],
+        "securityGroupSelectorTerms": security_groups,
         "metadataOptions": {
             "httpEndpoint": "enabled",
             "httpProtocolIPv6": "disabled",
@@ -191,13 +216,34 @@ def node_class_spec(
         ],
         "tags": {catalog.NODE_GROUP_LABEL: group.name},
     }
+    if fabric is not None and efa_pool is not None:
+        spec.update(
+            efa.karpenter_node_class_fields(fabric, group.efa, efa_pool.placement_group_name)
+        )
+    return spec
 
 
-def node_pool_spec(group: GpuNodeGroupSettings, settings: KarpenterSettings) -> dict[str, Any]:
+def capacity_types(group: GpuNodeGroupSettings) -> list[str]:
+    """`karpenter.sh/capacity-type` values a pool may launch: spot or on-demand, and
+    `reserved` when an EFA pool names a capacity reservation (Karpenter launches
+    into it only when the NodePool allows reserved capacity)."""
+    if group.is_spot:
+        return ["spot"]
+    if group.efa_fabric is not None and group.efa.capacity_reservation_id:
+        return ["reserved", "on-demand"]
+    return ["on-demand"]
+
+
+def node_pool_spec(
+    group: GpuNodeGroupSettings,
+    settings: KarpenterSettings,
+    zone: pulumi.Input[str] | None = None,
+) -> dict[str, Any]:
     """NodePool spec of a GPU group: what it may launch, how it is tainted and
     labelled (the same as a managed node group's nodes), its GPU limit and how
-    its nodes are removed."""
+    its nodes are removed. `zone`: the one zone of an EFA pool (its subnet's)."""
     taints = scheduling.gpu_node_taints(group.is_spot)
+    zones = [{"key": ZONE_LABEL, "operator": "In", "values": [zone]}] if zone is not None else []
     pool = {
         "template": {
             "metadata": {"labels": node_labels(group)},
@@ -216,10 +262,11 @@ def node_pool_spec(group: GpuNodeGroupSettings, settings: KarpenterSettings) -> 
                     {
                         "key": CAPACITY_TYPE_LABEL,
                         "operator": "In",
-                        "values": ["spot" if group.is_spot else "on-demand"],
+                        "values": capacity_types(group),
                     },
                     {"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]},
                     {"key": "kubernetes.io/os", "operator": "In", "values": ["linux"]},
+                    *zones,
                 ],
                 "taints": [{"key": t.key, "value": t.value, "effect": t.effect} for t in taints],
                 "expireAfter": settings.expire_after,
@@ -568,6 +615,10 @@ class KarpenterArgs:
     discovery_tag: str
     # Where the controller runs (the system nodes in `create` mode).
     node_selector: Mapping[str, str] | None = None
+    # EFA groups only: the VPC of the fabric's security group, and the cluster's
+    # node subnets (one per zone, in zone order) an EFA pool picks its one from.
+    vpc_id: pulumi.Input[str] | None = None
+    subnet_ids: pulumi.Input[list[str]] = field(default_factory=list)
 
 
 class Karpenter(pulumi.ComponentResource):
@@ -695,23 +746,31 @@ class Karpenter(pulumi.ComponentResource):
                 region=args.region,
                 node_selector=args.node_selector,
                 labels=labels,
+                node_overlay=any(g.efa_fabric is not None for g in args.groups),
             ),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.crds, access, *attachments]),
         )
         pools_opts = pulumi.ResourceOptions(parent=self, depends_on=[self.crds, self.release])
         self.node_classes: dict[str, k8s.apiextensions.CustomResource] = {}
         self.node_pools: dict[str, k8s.apiextensions.CustomResource] = {}
+        self.efa_fabrics: dict[str, efa.EfaPoolFabric] = {}
+        self.node_overlays: dict[str, k8s.apiextensions.CustomResource] = {}
         for group in args.groups:
             group_labels = meta.labels(
                 "gpu-node-pool", group.name, "capacity", **{catalog.NODE_GROUP_LABEL: group.name}
             )
+            efa_pool = self._efa_pool(name, group, args)
             self.node_classes[group.name] = k8s.apiextensions.CustomResource(
                 f"{name}-nodeclass-{group.name}",
                 api_version=NODECLASS_API,
                 kind="EC2NodeClass",
                 metadata=meta.metadata(group.name, group_labels),
                 spec=node_class_spec(
-                    group, s, role=self.node_role.name, discovery_tag=args.discovery_tag
+                    group,
+                    s,
+                    role=self.node_role.name,
+                    discovery_tag=args.discovery_tag,
+                    efa_pool=efa_pool,
                 ),
                 opts=pools_opts,
             )
@@ -720,12 +779,24 @@ class Karpenter(pulumi.ComponentResource):
                 api_version=NODEPOOL_API,
                 kind="NodePool",
                 metadata=meta.metadata(group.name, group_labels),
-                spec=node_pool_spec(group, s),
+                spec=node_pool_spec(group, s, zone=efa_pool.zone if efa_pool else None),
                 opts=pulumi.ResourceOptions(
                     parent=self,
                     depends_on=[self.crds, self.release, self.node_classes[group.name]],
                 ),
             )
+
+            if efa_pool is not None:
+                # Karpenter knows no huge pages: without this, EFA pods (which request
+                # them) fit no instance type of the pool and no node is launched.
+                self.node_overlays[group.name] = k8s.apiextensions.CustomResource(
+                    f"{name}-nodeoverlay-{group.name}",
+                    api_version=NODEOVERLAY_API,
+                    kind="NodeOverlay",
+                    metadata=meta.metadata(f"{group.name}-efa-hugepages", group_labels),
+                    spec=efa.karpenter_hugepages_overlay(group.name, group.efa.hugepages),
+                    opts=pools_opts,
+                )
 
         self.version = VERSION
         self.node_role_arn = self.node_role.arn
@@ -742,6 +813,41 @@ class Karpenter(pulumi.ComponentResource):
             }
         )
 
+    def _efa_pool(
+        self, name: str, group: GpuNodeGroupSettings, args: KarpenterArgs
+    ) -> efa.KarpenterEfa | None:
+        """The fabric of an EFA group (placement group, security group) and where
+        its nodes go: one subnet and that subnet's zone."""
+        if group.efa_fabric is None:
+            return None
+        if args.vpc_id is None:
+            raise ValueError(f"EFA pool {group.name}: the cluster's VPC is unknown")
+        fabric = efa.EfaPoolFabric(
+            f"{name}-efa-{group.name}",
+            efa.EfaFabricArgs(
+                group_name=group.name,
+                cluster_name=args.cluster_name_plain,
+                vpc_id=args.vpc_id,
+                settings=group.efa,
+            ),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.efa_fabrics[group.name] = fabric
+        subnet = efa.pool_subnets(
+            list(group.subnet_ids) or args.subnet_ids,
+            bool(group.subnet_ids),
+            group.efa.subnet_index,
+        ).apply(lambda ids: ids[0])
+        zone = aws.ec2.get_subnet_output(
+            id=subnet, opts=pulumi.InvokeOutputOptions(parent=self)
+        ).availability_zone
+        return efa.KarpenterEfa(
+            subnet_id=subnet,
+            zone=zone,
+            security_group_id=fabric.security_group_id,
+            placement_group_name=fabric.placement_group_name,
+        )
+
 
 def controller_values(
     s: KarpenterSettings,
@@ -752,10 +858,16 @@ def controller_values(
     region: str,
     node_selector: Mapping[str, str] | None,
     labels: Mapping[str, str],
+    node_overlay: bool = False,
 ) -> dict[str, Any]:
-    """Helm values of the controller chart (charts/karpenter/values.yaml, v1.14.1)."""
+    """Helm values of the controller chart (charts/karpenter/values.yaml, v1.14.1).
+    `node_overlay` turns on the alpha `nodeOverlay` feature gate (EFA pools'
+    huge pages)."""
+    settings: dict[str, Any] = {"clusterName": cluster_name, "interruptionQueue": queue_name}
+    if node_overlay:
+        settings["featureGates"] = {"nodeOverlay": True}
     return {
-        "settings": {"clusterName": cluster_name, "interruptionQueue": queue_name},
+        "settings": settings,
         "serviceAccount": {
             "name": SERVICE_ACCOUNT,
             "annotations": {"eks.amazonaws.com/role-arn": role_arn},

@@ -8,7 +8,8 @@ dropped. Pods get AWS access only through their service account (IRSA).
 Host-network daemons (the VPC CNI) still reach it.
 
 Managed node groups take these through a launch template (EKS merges its own
-bootstrap into it as long as the template names no AMI); Karpenter's
+bootstrap into it as long as the template names no AMI), one per group: an EFA
+group's interfaces and placement group go into the same template; Karpenter's
 EC2NodeClass takes the same values in `metadataOptions` and
 `blockDeviceMappings` (infra/karpenter.py).
 """
@@ -48,10 +49,20 @@ def launch_template(
     disk_size_gib: int,
     bottlerocket: bool = False,
     tags: Mapping[str, str] | None = None,
+    extra: Mapping[str, Any] | None = None,
     parent: pulumi.Resource,
 ) -> aws.ec2.LaunchTemplate:
     """A launch template for an EKS managed node group: IMDSv2 only with hop
-    limit 1, encrypted gp3 volumes, no AMI (EKS picks the group's AMI type)."""
+    limit 1, encrypted gp3 volumes, no AMI (EKS picks the group's AMI type).
+
+    `extra`: more `aws.ec2.LaunchTemplate` arguments, such as an EFA group's
+    network interfaces and placement (infra/efa.py `efa_launch_template_args()`).
+    They may not replace what every node must have (metadata options, volumes).
+    """
+    more = dict(extra or {})
+    clash = sorted(set(more) & _OWN_ARGS)
+    if clash:
+        raise ValueError(f"launch template {name}: {', '.join(clash)} are set by infra/nodes.py")
     block_devices: list[dict[str, Any]] = [
         {
             "device_name": device,
@@ -80,5 +91,20 @@ def launch_template(
         if tags
         else None,
         update_default_version=True,
+        **more,
         opts=pulumi.ResourceOptions(parent=parent),
     )
+
+
+# What `launch_template()` sets itself; `extra` may not override these.
+_OWN_ARGS = frozenset(
+    {
+        "description",
+        "metadata_options",
+        "block_device_mappings",
+        "tag_specifications",
+        "update_default_version",
+        "image_id",
+        "opts",
+    }
+)

@@ -72,10 +72,17 @@ class Resources:
     cpu_limit: str | None = None
     gpus: int = 0
     gpu_resource: str = catalog.GPU_RESOURCE  # or nvidia.com/mig-<profile>, nvidia.com/gpu.shared
+    # Other extended resources (vpc.amazonaws.com/efa, hugepages-2Mi): requests = limits.
+    extended: Mapping[str, str] = field(default_factory=dict)
 
     def manifest(self) -> dict[str, Any]:
-        requests = {"cpu": self.cpu, "memory": self.memory}
+        requests: dict[str, Any] = {"cpu": self.cpu, "memory": self.memory}
         limits: dict[str, Any] = {"memory": self.memory_limit or self.memory}
+        for name, amount in self.extended.items():
+            if catalog.is_gpu_resource(name) or name in ("cpu", "memory"):
+                raise ValueError(f"{name!r} is not an extra extended resource")
+            requests[name] = amount
+            limits[name] = amount
         if self.cpu_limit:
             limits["cpu"] = self.cpu_limit
         if self.gpus:

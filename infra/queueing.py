@@ -393,6 +393,9 @@ def manager_config(settings: QueueingSettings, frameworks: Sequence[str]) -> dic
         # `default` LocalQueue catches them.
         "manageJobsWithoutQueueName": False,
         "integrations": {"frameworks": list(frameworks)},
+        # Quota is GPUs, CPU and memory; what comes with a GPU node (EFA
+        # interfaces, huge pages) is not queued, or EFA jobs could never be admitted.
+        "resources": {"excludeResourcePrefixes": list(catalog.QUEUE_EXCLUDED_RESOURCE_PREFIXES)},
     }
 
 

@@ -128,6 +128,14 @@ def gpu_daemon_placement(
     }
 
 
+def efa_node_affinity() -> dict[str, Any]:
+    """Required node affinity for a daemon of EFA nodes only (the EFA device plugin):
+    nodes labelled `mlplatform.io/efa=true` by their node group or NodePool."""
+    return _required_node_affinity(
+        [{"key": catalog.EFA_LABEL, "operator": "In", "values": ["true"]}]
+    )
+
+
 def same_zone_affinity(match_labels: dict[str, str]) -> dict[str, Any]:
     """Keep the pods matching `match_labels` in one availability zone: DDP traffic
     between zones is slower and billed. The first pod matches its own term, so it

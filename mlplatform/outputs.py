@@ -53,7 +53,7 @@ class InferenceEndpoint(_Out):
 
 
 class WorkloadOutput(_Out):
-    kind: Literal["training", "distributed", "inference", "batch"]
+    kind: Literal["training", "distributed", "inference", "batch", "nccl-test"]
     team: str
     namespace: str
     name: str

@@ -13,6 +13,7 @@ from infra import catalog
 from infra.cluster import Cluster, ClusterArgs
 from infra.cluster_autoscaler import ClusterAutoscaler, ClusterAutoscalerArgs
 from infra.device_plugin import NvidiaDevicePlugin, NvidiaDevicePluginArgs
+from infra.efa import EfaDevicePlugin, EfaDevicePluginArgs
 from infra.gpu_nodes import GpuNodeGroup, GpuNodeGroupArgs
 from infra.karpenter import Karpenter, KarpenterArgs
 from infra.queueing import METRICS_PORT_NAME, METRICS_SERVICE_LABELS, Queueing
@@ -29,11 +30,12 @@ from workloads.distributed import (
 )
 from workloads.image import RuntimeImage, RuntimeImageArgs
 from workloads.monitoring import InferenceTarget, Monitoring, MonitoringArgs
+from workloads.nccl_test import NcclTest, NcclTestArgs, NcclTestSpec
 from workloads.queue_monitoring import QueueMonitoring, QueueMonitoringArgs
 from workloads.serving import InferenceService, InferenceServiceArgs, InferenceServiceSpec
 from workloads.training import TrainingJob, TrainingJobArgs, TrainingJobSpec
 
-Workload = TrainingJob | DistributedTraining | InferenceService | BatchInference
+Workload = TrainingJob | DistributedTraining | InferenceService | BatchInference | NcclTest
 
 
 class Platform(pulumi.ComponentResource):
@@ -91,6 +93,8 @@ class Platform(pulumi.ComponentResource):
                     kubernetes_version=s.cluster.kubernetes_version,
                     subnet_ids=group.subnet_ids or self.cluster.node_subnet_ids,
                     partition=self.cluster.partition,
+                    vpc_id=self.cluster.vpc_id,
+                    cluster_security_group_id=self.cluster.cluster_security_group_id,
                 ),
                 opts=aws_opts,
             )
@@ -113,6 +117,15 @@ class Platform(pulumi.ComponentResource):
                 opts=k8s_opts,
             )
             if s.device_plugin.enabled
+            else None
+        )
+        self.efa_device_plugin = (
+            EfaDevicePlugin(
+                f"{name}-efa-device-plugin",
+                EfaDevicePluginArgs(settings=s.efa_device_plugin, region=s.cluster.region),
+                opts=k8s_opts,
+            )
+            if s.efa_node_groups
             else None
         )
         self.priority_classes = PriorityClasses(f"{name}-priority-classes", opts=k8s_opts)
@@ -245,6 +258,8 @@ class Platform(pulumi.ComponentResource):
                 oidc_issuer_url=c.oidc_issuer_url,
                 discovery_tag=s.capacity.karpenter.discovery_tag or s.cluster_name,
                 node_selector=self._system_node_selector(),
+                vpc_id=c.vpc_id,
+                subnet_ids=c.node_subnet_ids,
             ),
             opts=self._capacity_opts(aws_opts),
         )
@@ -273,7 +288,13 @@ class Platform(pulumi.ComponentResource):
         s = self.settings
         assert isinstance(
             spec,
-            (TrainingJobSpec, DistributedTrainingSpec, InferenceServiceSpec, BatchInferenceSpec),
+            (
+                TrainingJobSpec,
+                DistributedTrainingSpec,
+                InferenceServiceSpec,
+                BatchInferenceSpec,
+                NcclTestSpec,
+            ),
         )
         team = self.teams[spec.team]
         team_settings = s.team(spec.team)
@@ -296,7 +317,17 @@ class Platform(pulumi.ComponentResource):
         if isinstance(spec, TrainingJobSpec):
             return TrainingJob(resource_name, TrainingJobArgs(spec, ctx), opts=opts)
         if isinstance(spec, DistributedTrainingSpec):
-            return DistributedTraining(resource_name, DistributedTrainingArgs(spec, ctx), opts=opts)
+            return DistributedTraining(
+                resource_name, DistributedTrainingArgs(spec, ctx, efa=s.efa_for(spec)), opts=opts
+            )
+        if isinstance(spec, NcclTestSpec):
+            return NcclTest(
+                resource_name,
+                NcclTestArgs(
+                    spec, ctx, efa=s.efa_for(spec), min_bus_bandwidth=s.nccl_threshold(spec)
+                ),
+                opts=opts,
+            )
         if isinstance(spec, InferenceServiceSpec):
             return InferenceService(resource_name, InferenceServiceArgs(spec, ctx), opts=opts)
         return BatchInference(resource_name, BatchInferenceArgs(spec, ctx), opts=opts)

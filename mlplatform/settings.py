@@ -40,7 +40,9 @@ from infra.config_types import (
     unknown_key_message,
 )
 from infra.device_plugin import DevicePluginSettings
+from infra.efa import EfaDevicePluginSettings, EfaPod
 from infra.gpu_nodes import GpuNodeGroupSettings, advertised_gpus, node_labels
+from infra.instances import EfaFabric
 from infra.queueing import CPU_FLAVOR, LOCAL_QUEUE, QueueingSettings, check_team_quotas
 from infra.scheduling import SchedulingSettings
 from infra.tenancy import TeamSettings, is_iam_principal
@@ -51,6 +53,7 @@ from workloads.distributed import DistributedTrainingSpec
 from workloads.image import RuntimeImageSettings
 from workloads.metric_catalog import RUNTIME_HPA_METRICS, HpaMetric
 from workloads.monitoring import MonitoringSettings
+from workloads.nccl_test import NcclTestSpec
 from workloads.runtime import contract
 from workloads.serving import InferenceServiceSpec, ServingSettings
 from workloads.training import MlflowSettings, TrainingJobSpec
@@ -105,10 +108,14 @@ class PolicySettings(_Model):
 
 
 WorkloadSettings = Annotated[
-    TrainingJobSpec | DistributedTrainingSpec | InferenceServiceSpec | BatchInferenceSpec,
+    TrainingJobSpec
+    | DistributedTrainingSpec
+    | InferenceServiceSpec
+    | BatchInferenceSpec
+    | NcclTestSpec,
     Field(discriminator="kind"),
 ]
-WORKLOAD_KINDS = ("training", "distributed", "inference", "batch")
+WORKLOAD_KINDS = ("training", "distributed", "inference", "batch", "nccl-test")
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,8 @@ class GpuPool:
     gpus_per_node: int
     accelerator: str | None
     spot: bool
+    efa: EfaFabric | None = None  # the EFA fabric when the pool has it on
+    hugepages: str = "5120Mi"
     # Node labels the pool's nodes carry, with the values they may have; None
     # when the stack does not know them all (nodes it does not create).
     labels: Mapping[str, frozenset[str]] | None = None
@@ -184,6 +193,10 @@ class PlatformSettings(_Model):
     device_plugin: DevicePluginSettings = Field(
         default_factory=DevicePluginSettings, description="NVIDIA device plugin."
     )
+    efa_device_plugin: EfaDevicePluginSettings = Field(
+        default_factory=EfaDevicePluginSettings,
+        description="AWS EFA device plugin, deployed when a GPU node group has EFA on.",
+    )
     scheduling: SchedulingSettings = Field(
         default_factory=SchedulingSettings, description="Scheduling."
     )
@@ -206,8 +219,8 @@ class PlatformSettings(_Model):
     )
     workloads: list[WorkloadSettings] = Field(
         [],
-        description="Workloads, each with `kind`: `training`, `distributed`, `inference` "
-        "or `batch`.",
+        description="Workloads, each with `kind`: `training`, `distributed`, `inference`, "
+        "`batch` or `nccl-test` (the EFA fabric smoke test).",
     )
 
     @model_validator(mode="after")
@@ -311,6 +324,21 @@ class PlatformSettings(_Model):
                         f"{group.instance_type_info.gpu_model} GPUs do not support MIG "
                         "(devicePlugin.migStrategy is 'single'; use 'mixed' to run "
                         "MIG and plain GPU groups side by side)",
+                    )
+                )
+        for i, group in enumerate(self.gpu_node_groups):
+            zones = self.cluster.vpc.availability_zones
+            if (
+                group.efa_fabric
+                and not group.subnet_ids
+                and self.cluster.mode == "create"
+                and group.efa.subnet_index >= zones
+            ):
+                problems.append(
+                    (
+                        ("gpuNodeGroups", i, "efa", "subnetIndex"),
+                        f"the cluster has {zones} private subnets (one per zone): "
+                        f"use 0-{zones - 1}",
                     )
                 )
         problems += self._check_workloads()
@@ -532,6 +560,7 @@ class PlatformSettings(_Model):
                             f"{self.max_gpus_per_container(team)} GPUs per container",
                         )
                     )
+            problems += self._check_efa(i, w)
             shared_class = self.cluster.shared_storage_class
             if (
                 isinstance(w, DistributedTrainingSpec)
@@ -611,6 +640,56 @@ class PlatformSettings(_Model):
         ]
         return problems
 
+    def _check_efa(self, i: int, w: object) -> list[tuple[Loc, str]]:
+        """EFA requests only on EFA pools, and one EFA shape per workload."""
+        if not isinstance(w, (DistributedTrainingSpec, NcclTestSpec)) or not w.gpus:
+            return []
+        pools = self.pools_for(w.priority_class, w.accelerators)
+        if not pools:
+            return []  # reported as "no GPU nodes it may run on"
+        at: Loc = ("workloads", i, "efa")
+        plain = [p.name for p in pools if p.efa is None]
+        if w.efa and plain:
+            return [
+                (
+                    at,
+                    f"EFA requests on pools without EFA ({', '.join(plain)}); pin "
+                    "`accelerators` to EFA pools or set efa: false",
+                )
+            ]
+        if self._efa_on(w, pools) and len({(p.efa, p.hugepages) for p in pools}) > 1:
+            return [
+                (
+                    at,
+                    "the EFA pools it may use differ in interfaces or huge pages; pin "
+                    "`accelerators` to one of them",
+                )
+            ]
+        return []
+
+    @staticmethod
+    def _efa_on(w: DistributedTrainingSpec | NcclTestSpec, pools: list[GpuPool]) -> bool:
+        if w.efa is not None:
+            return w.efa
+        return w.nodes > 1 and bool(pools) and all(p.efa is not None for p in pools)
+
+    def efa_for(self, w: object) -> EfaPod | None:
+        """What the workload's pods get for the EFA fabric, or None (no EFA)."""
+        if not isinstance(w, (DistributedTrainingSpec, NcclTestSpec)) or not w.gpus:
+            return None
+        pools = self.pools_for(w.priority_class, w.accelerators)
+        if not self._efa_on(w, pools) or not pools or pools[0].efa is None:
+            return None
+        return EfaPod.for_fabric(pools[0].efa, pools[0].hugepages)
+
+    def nccl_threshold(self, w: NcclTestSpec) -> float | None:
+        """Bus bandwidth (GB/s) under which the fabric smoke test fails."""
+        if w.min_bus_bandwidth is not None:
+            return w.min_bus_bandwidth
+        pools = self.pools_for(w.priority_class, w.accelerators)
+        fabric = pools[0].efa if pools and self.efa_for(w) is not None else None
+        return round(fabric.busbw_gbs * w.threshold_fraction, 1) if fabric else None
+
     def _node_selector_problems(self, w: WorkloadSpec, at: Loc) -> list[tuple[Loc, str]]:
         if not w.node_selector:
             return []
@@ -650,6 +729,10 @@ class PlatformSettings(_Model):
         raise KeyError(name)
 
     @property
+    def efa_node_groups(self) -> list[GpuNodeGroupSettings]:
+        return [g for g in self.gpu_node_groups if g.efa_fabric is not None]
+
+    @property
     def gpu_pools(self) -> list[GpuPool]:
         def mixed(settings: DevicePluginSettings) -> bool:
             return settings.mig_strategy == "mixed"
@@ -664,6 +747,8 @@ class PlatformSettings(_Model):
                 g.gpus_per_node,
                 g.instance_type_info.accelerator,
                 g.is_spot,
+                efa=g.efa_fabric,
+                hugepages=g.efa.hugepages,
                 labels=_known_labels(node_labels(g), list(g.instance_types), g.is_spot),
                 mig_capable=g.instance_type_info.mig_capable,
                 mig_mixed=mixed(g.effective_device_plugin(self.device_plugin)),

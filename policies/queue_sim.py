@@ -32,8 +32,9 @@ beside those before it, or else waits.
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
@@ -187,9 +188,30 @@ def _queue_labels(kind: str, props: Mapping[str, Any]) -> Mapping[str, str]:
     return _meta(props).get("labels") or {}
 
 
+def excluded_prefixes(resources: Iterable[Any]) -> tuple[str, ...]:
+    """`resources.excludeResourcePrefixes` of the Kueue Configuration the stack's
+    Kueue release is given (infra/queueing.py): resources Kueue does not queue."""
+    for res in resources:
+        if getattr(res, "type", None) != "kubernetes:helm.sh/v3:Release":
+            continue
+        if not str(res.props.get("chart") or "").rstrip("/").endswith("/kueue"):
+            continue
+        text = ((res.props.get("values") or {}).get("managerConfig") or {}).get(
+            "controllerManagerConfigYaml"
+        )
+        try:
+            config = json.loads(text) if isinstance(text, str) else {}
+        except ValueError:
+            config = {}
+        found = ((config or {}).get("resources") or {}).get("excludeResourcePrefixes") or []
+        return tuple(str(x) for x in found)
+    return ()
+
+
 def read(resources: Iterable[Any]) -> Model:
     """The queueing model of a stack, from policy Resources (`.props`, `.kind`)."""
     resources = list(resources)
+    excluded = excluded_prefixes(resources)
     flavors: dict[str, Flavor] = {}
     cqs: dict[str, ClusterQueue] = {}
     lqs: dict[tuple[str, str], str] = {}
@@ -257,6 +279,14 @@ def read(resources: Iterable[Any]) -> Model:
         if queue is None and (ns, DEFAULT_QUEUE) in lqs and res.kind != "PyTorchJob":
             queue = DEFAULT_QUEUE  # Kueue defaults batch Jobs to the `default` LocalQueue
         sets = _pod_sets(res.kind, p.get("spec") or {})
+        if excluded:
+            sets = [
+                replace(
+                    ps,
+                    requests={r: v for r, v in ps.requests.items() if not r.startswith(excluded)},
+                )
+                for ps in sets
+            ]
         gpus = int(
             sum(
                 ps.count * ps.requests.get(r, Decimal(0))

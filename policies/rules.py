@@ -15,6 +15,7 @@ tests call the rules directly. During a real preview some props are still unknow
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal
@@ -734,7 +735,9 @@ def container_resources(res: Resource, cfg: PolicyConfig) -> Iterator[str]:
 @rule(
     "image-pinned",
     description="Images are pinned: never `:latest` or untagged; by digest where the environment "
-    "requires it.",
+    "requires it. One narrow waiver: the AWS EFA device plugin (published by tag only in "
+    "Amazon EKS's ECR) may run by version tag in its kube-system DaemonSet when the pod "
+    "template states why (mlplatform.io/digest-waiver).",
     enforcement="mandatory",
     severity="high",
     remediation="Pin a version tag, or `@sha256:` digest where "
@@ -751,8 +754,33 @@ def image_pinned(res: Resource, cfg: PolicyConfig) -> Iterator[str]:
             last = image.split("@", 1)[0].rsplit("/", 1)[-1]
             if "@sha256:" not in image and (":" not in last or last.endswith(":latest")):
                 yield f"{t.where}.{key} {name!r} runs {image!r}, which is not pinned to a version"
-            elif cfg.require_image_digests and "@sha256:" not in image:
+            elif (
+                cfg.require_image_digests
+                and "@sha256:" not in image
+                and not _digest_waived(res, image)
+            ):
                 yield f"{t.where}.{key} {name!r} runs {image!r}: this environment requires a digest"
+
+
+DIGEST_WAIVER_ANNOTATION = f"{catalog.LABEL_PREFIX}/digest-waiver"
+# The images a digest waiver may cover: the AWS EFA device plugin from Amazon
+# EKS's ECR registries, which publish it by tag only.
+_WAIVABLE_IMAGE = re.compile(
+    rf"^{catalog.EFA_DEVICE_PLUGIN_REGISTRY}/{re.escape(catalog.EFA_DEVICE_PLUGIN_REPOSITORY)}"
+    r":v\d+(\.\d+)*$"
+)
+
+
+def _digest_waived(res: Resource, image: str) -> bool:
+    """The EFA device plugin's kube-system DaemonSet, running AWS's image by a version
+    tag, whose pod template states why (mlplatform:efaDevicePlugin.digestWaiver).
+    Only the digest requirement is waived, for that image only."""
+    if res.kind != "DaemonSet" or res.namespace != "kube-system":
+        return False
+    if not _WAIVABLE_IMAGE.match(image):
+        return False
+    template = ((res.props.get("spec") or {}).get("template") or {}).get("metadata") or {}
+    return bool((template.get("annotations") or {}).get(DIGEST_WAIVER_ANNOTATION))
 
 
 def _is_inference(res: Resource) -> bool:
@@ -1320,6 +1348,139 @@ def network_policy_enforced(
             f"team namespaces {', '.join(isolated)} declare NetworkPolicies, "
             "but nothing in this cluster enforces them: every pod can still reach every other",
         )
+
+
+# ---------------------------------------------------------------------------
+# EFA fabric rules
+# ---------------------------------------------------------------------------
+
+_DISTRIBUTED_KINDS = ("distributed-training", "nccl-test")
+
+
+def _multi_node_gpu_templates(res: Resource) -> list[PodTemplate]:
+    """Pod templates of a multi-node distributed job (Indexed Job of a distributed
+    workload, or a PyTorchJob) that ask for GPUs."""
+    if not res.is_kubernetes:
+        return []
+    templates = pod_templates(res)
+    if res.kind == "PyTorchJob":
+        pods = sum(int(t.replicas or 0) for t in templates)
+    elif res.kind == "Job":
+        labels = ((res.props.get("metadata") or {}).get("labels")) or {}
+        if labels.get(f"{catalog.LABEL_PREFIX}/workload-kind") not in _DISTRIBUTED_KINDS:
+            return []
+        pods = int((res.props.get("spec") or {}).get("parallelism") or 0)
+    else:
+        return []
+    return [t for t in templates if gpus_per_pod(t.spec)] if pods > 1 else []
+
+
+def _required_accelerators(pod: Mapping[str, Any]) -> set[str] | None:
+    """Accelerator models a pod's required node affinity allows (None: any)."""
+    affinity = ((pod.get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ) or {}
+    allowed: set[str] | None = None
+    for term in affinity.get("nodeSelectorTerms") or []:
+        for e in term.get("matchExpressions") or []:
+            if e.get("key") == catalog.ACCELERATOR_LABEL and e.get("operator") == "In":
+                allowed = (allowed or set()) | set(e.get("values") or [])
+    return allowed
+
+
+def _requests_efa(pod: Mapping[str, Any]) -> bool:
+    return any(
+        ((c.get("resources") or {}).get("limits") or {}).get(catalog.EFA_RESOURCE)
+        for _, c in _containers(pod)
+    )
+
+
+@rule(
+    "efa-multi-node",
+    description="A distributed job of more than one node that runs on EFA-capable instance "
+    "types (p4d, p4de, p5, p5e, p5en) requests the EFA interfaces: without them NCCL "
+    "falls back to TCP sockets on the VPC network, several times slower.",
+    enforcement="mandatory",
+    severity="high",
+    remediation="Turn EFA on for the node group (`efa.enabled`, the default on these types) "
+    "and leave the workload's `efa` unset or true; pods then request vpc.amazonaws.com/efa.",
+    stack=True,
+)
+def efa_multi_node(
+    resources: list[Resource], cfg: PolicyConfig
+) -> Iterator[tuple[Resource | None, str]]:
+    groups = []  # (accelerator label, EFA-capable) of node groups and NodePools
+    for res, _, _ in _gpu_node_groups(resources):
+        known = [i for n in res.props.get("instanceTypes") or [] if (i := instances.lookup(n))]
+        accelerator = (res.props.get("labels") or {}).get(catalog.ACCELERATOR_LABEL)
+        groups.append((accelerator, all(i.efa is not None for i in known)))
+    for res, _, _ in _gpu_node_pools(resources):
+        spec = res.props.get("spec") or {}
+        known = [i for n in _node_pool_instance_types(spec) if (i := instances.lookup(n))]
+        labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
+        accelerator = labels.get(catalog.ACCELERATOR_LABEL)
+        groups.append((accelerator, all(i.efa is not None for i in known)))
+    if not groups:
+        return
+    for res in resources:
+        for t in _multi_node_gpu_templates(res):
+            allowed = _required_accelerators(t.spec)
+            eligible = [efa for acc, efa in groups if allowed is None or acc in allowed]
+            if eligible and all(eligible) and not _requests_efa(t.spec):
+                yield (
+                    res,
+                    f"{t.where} runs on several EFA-capable nodes without requesting "
+                    f"{catalog.EFA_RESOURCE}",
+                )
+
+
+@rule(
+    "efa-single-zone",
+    description="An EFA pool lives in one availability zone: a managed node group in one "
+    "subnet; under Karpenter an EC2NodeClass with EFA interfaces that selects one subnet by "
+    "id, and a NodePool of EFA nodes that requires one topology.kubernetes.io/zone. EFA "
+    "traffic does not cross zones, and a cluster placement group is one zone.",
+    enforcement="mandatory",
+    severity="high",
+    remediation="Give the group one subnet (`subnetIds`) or leave it to `efa.subnetIndex` "
+    "(infra/efa.py renders the one subnet and its zone on both paths).",
+)
+def efa_single_zone(res: Resource, cfg: PolicyConfig) -> Iterator[str]:
+    if res.type == "aws:eks/nodeGroup:NodeGroup":
+        if (res.props.get("labels") or {}).get(catalog.EFA_LABEL) != "true":
+            return
+        subnets = res.props.get("subnetIds")
+        if isinstance(subnets, list) and len(subnets) > 1:
+            yield f"EFA node group spans {len(subnets)} subnets; EFA pools need one zone"
+        return
+    if not res.is_kubernetes:
+        return
+    spec = res.props.get("spec") or {}
+    if res.kind == "EC2NodeClass":
+        nics = spec.get("networkInterfaces") or []
+        if not any(n.get("interfaceType") == "efa-only" for n in nics):
+            return
+        terms = spec.get("subnetSelectorTerms") or []
+        if len(terms) != 1 or not terms[0].get("id"):
+            yield (
+                "EC2NodeClass with EFA interfaces selects its subnets by tags or several "
+                "terms; EFA pools need one subnet (by id) in one zone"
+            )
+    elif res.kind == "NodePool":
+        template = spec.get("template") or {}
+        labels = (template.get("metadata") or {}).get("labels") or {}
+        if labels.get(catalog.EFA_LABEL) != "true":
+            return
+        zones = [
+            r
+            for r in (template.get("spec") or {}).get("requirements") or []
+            if r.get("key") == "topology.kubernetes.io/zone"
+        ]
+        if not any(r.get("operator") == "In" and len(r.get("values") or []) == 1 for r in zones):
+            yield (
+                "NodePool of EFA nodes does not require one topology.kubernetes.io/zone; "
+                "Karpenter could launch its nodes in several zones"
+            )
 
 
 RULE_NAMES: tuple[str, ...] = tuple(r.name for r in RULES)

@@ -31,6 +31,8 @@ def two_groups() -> Run:
                     "diskSizeGiB": 500,
                     "labels": {"team": "research"},
                     "amiType": "BOTTLEROCKET_x86_64_NVIDIA",
+                    # The default launch template path (EFA pools: tests/test_efa.py).
+                    "efa": {"enabled": False},
                 },
             ],
             teams=[{"name": "research", "quota": {"gpus": 16}}],
@@ -182,7 +184,14 @@ def test_instance_table_covers_the_families() -> None:
     for family in ("g5", "g6", "g6e", "p4d", "p5"):
         assert family in instances.GPU_FAMILIES
     assert instances.lookup("p5.48xlarge") == instances.GpuInstanceType(
-        "p5.48xlarge", 8, "H100", 80, 192, 2048, "nvidia-h100"
+        "p5.48xlarge",
+        8,
+        "H100",
+        80,
+        192,
+        2048,
+        "nvidia-h100",
+        instances.EFA_FABRICS["p5.48xlarge"],
     )
     assert instances.lookup("p4d.24xlarge").gpus == 8  # type: ignore[union-attr]
     assert instances.lookup("g5.48xlarge").total_gpu_memory_gib == 192  # type: ignore[union-attr]

@@ -4,9 +4,12 @@ For each pod template the stack renders in a team namespace, some GPU pool
 (a Karpenter NodePool or a managed node group) or the system node group must
 take it: every taint of the pool tolerated, the required node affinity and
 nodeSelector satisfiable by the labels the pool's nodes get, GPUs per pod no
-more than GPUs per node, and CPU and memory requests within the largest
-instance type of the pool. This is what keeps infra/scheduling.py (pods) and
-infra/gpu_nodes.py / infra/karpenter.py (nodes) in agreement.
+more than GPUs per node, CPU and memory requests within the largest
+instance type of the pool, and every other extended resource (EFA interfaces,
+huge pages) provided by the pool's nodes as its autoscaler sees them (a node
+group's node-template tags; a NodePool's EC2NodeClass interfaces and its
+NodeOverlay). This is what keeps infra/scheduling.py (pods) and
+infra/gpu_nodes.py / infra/karpenter.py / infra/efa.py (nodes) in agreement.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from infra import instances, quantity
+from infra import catalog, instances, quantity
 from policies import rules
 from tools.offline import ROOT, Run, read_stack_config, run_program
 
@@ -33,9 +36,16 @@ class Pool:
     taints: list[dict[str, str]]
     gpus_per_node: int
     types: list[instances.GpuInstanceType] = field(default_factory=list)
+    # Extended resources other than GPUs a node provides (vpc.amazonaws.com/efa,
+    # hugepages-2Mi), as the pool's autoscaler knows them.
+    extended: dict[str, float] = field(default_factory=dict)
 
 
-def _node_group_pool(props: Mapping[str, Any], name: str) -> Pool:
+CA_RESOURCES = "k8s.io/cluster-autoscaler/node-template/resources/"
+BASIC_RESOURCES = ("cpu", "memory", "ephemeral-storage")
+
+
+def _node_group_pool(props: Mapping[str, Any], name: str, tags: Mapping[str, str]) -> Pool:
     types = [t for n in props.get("instanceTypes") or [] if (t := instances.lookup(n))]
     labels = {k: {v} for k, v in (props.get("labels") or {}).items()}
     labels["node.kubernetes.io/instance-type"] = set(props.get("instanceTypes") or [])
@@ -44,11 +54,38 @@ def _node_group_pool(props: Mapping[str, Any], name: str) -> Pool:
         for t in props.get("taints") or []
         if AWS_EFFECTS[t["effect"]]
     ]
-    return Pool(name, labels, taints, max((t.gpus for t in types), default=0), types)
+    extended = {
+        key.removeprefix(CA_RESOURCES): float(quantity.parse(value))
+        for key, value in tags.items()
+        if key.startswith(CA_RESOURCES)
+    }
+    return Pool(name, labels, taints, max((t.gpus for t in types), default=0), types, extended)
 
 
-def _node_pool(manifest: Mapping[str, Any]) -> Pool:
+def _node_pool(manifest: Mapping[str, Any], run: Run) -> Pool:
+    """What Karpenter thinks a NodePool's nodes provide: EFA devices from its
+    EC2NodeClass's `efa-only` interfaces, anything else from NodeOverlays that
+    select the pool."""
     spec = manifest["spec"]["template"]
+    node_class = next(
+        m
+        for m in run.manifests()
+        if m["kind"] == "EC2NodeClass"
+        and m["metadata"]["name"] == spec["spec"]["nodeClassRef"]["name"]
+    )
+    extended: dict[str, float] = {}
+    interfaces = node_class["spec"].get("networkInterfaces") or []
+    efa_only = [n for n in interfaces if n["interfaceType"] == "efa-only"]
+    if efa_only:
+        extended["vpc.amazonaws.com/efa"] = float(len(efa_only))
+    for overlay in (m for m in run.manifests() if m["kind"] == "NodeOverlay"):
+        if {
+            "key": "karpenter.sh/nodepool",
+            "operator": "In",
+            "values": [manifest["metadata"]["name"]],
+        } in overlay["spec"]["requirements"]:
+            for name, value in overlay["spec"].get("capacity", {}).items():
+                extended[name] = float(quantity.parse(value))
     labels = {k: {v} for k, v in spec["metadata"]["labels"].items()}
     for r in spec["spec"]["requirements"]:
         assert r["operator"] == "In"
@@ -60,12 +97,32 @@ def _node_pool(manifest: Mapping[str, Any]) -> Pool:
         list(spec["spec"].get("taints") or []),
         max(t.gpus for t in types),
         types,
+        extended,
     )
 
 
 def pools(run: Run) -> list[Pool]:
-    out = [_node_group_pool(r.inputs, r.name) for r in run.by_type("aws:eks/nodeGroup:NodeGroup")]
-    out += [_node_pool(m) for m in run.manifests() if m["kind"] == "NodePool"]
+    tags: dict[str, dict[str, str]] = {}
+    for t in run.by_type("aws:autoscaling/tag:Tag"):
+        tag = t.inputs["tag"]
+        tags.setdefault(run.parent_name(t) or "", {})[tag["key"]] = tag["value"]
+    out = [
+        _node_group_pool(r.inputs, r.name, tags.get(run.parent_name(r) or "", {}))
+        for r in run.by_type("aws:eks/nodeGroup:NodeGroup")
+    ]
+    out += [_node_pool(m, run) for m in run.manifests() if m["kind"] == "NodePool"]
+    return out
+
+
+def extended_requests(pod: Mapping[str, Any]) -> dict[str, float]:
+    """Per pod: extended resources other than GPUs (EFA interfaces, huge pages)."""
+    out: dict[str, float] = {}
+    for c in pod.get("containers") or []:
+        r = c.get("resources") or {}
+        for name, value in {**(r.get("limits") or {}), **(r.get("requests") or {})}.items():
+            if name in BASIC_RESOURCES or catalog.is_gpu_resource(name):
+                continue
+            out[name] = out.get(name, 0.0) + float(quantity.parse(value))
     return out
 
 
@@ -113,6 +170,9 @@ def why_not(pod: Mapping[str, Any], pool: Pool) -> str | None:
     gpus = rules.gpus_per_pod(pod)
     if gpus > pool.gpus_per_node:
         return f"{gpus} GPUs per pod, {pool.gpus_per_node} per node"
+    for name, amount in extended_requests(pod).items():
+        if amount > pool.extended.get(name, 0.0):
+            return f"{amount:g} {name} per pod, {pool.extended.get(name, 0.0):g} per node"
     if pool.types:
         biggest = max(pool.types, key=lambda t: (t.vcpus, t.memory_gib))
         cpu = sum(
@@ -199,3 +259,20 @@ def test_a_pool_that_drops_the_spot_toleration_strands_the_pod(tmp_path: Path) -
         "containers": [{"resources": {"limits": {"nvidia.com/gpu": "1"}}}],
     }
     assert why_not(pod, pool) == "taint mlplatform.io/capacity-type not tolerated"
+
+
+def test_efa_pods_need_a_pool_that_provides_efa_and_huge_pages() -> None:
+    """Not vacuous either: prod's EFA job fits the h100 NodePool only with the
+    interfaces of its EC2NodeClass and the huge pages of its NodeOverlay."""
+    run = run_program("prod", read_stack_config(ROOT / "Pulumi.prod.yaml"))
+    (h100,) = [p for p in pools(run) if p.name == "h100"]
+    assert h100.extended == {"vpc.amazonaws.com/efa": 32.0, "hugepages-2Mi": 5120 * 2**20}
+    job = next(
+        rules.pod_templates(rules.Resource(r.type, r.name, r.inputs))[0].spec
+        for r in run.kubernetes_objects
+        if r.inputs.get("kind") == "Job" and r.inputs["metadata"]["name"] == "llm-pretrain"
+    )
+    assert extended_requests(job)["vpc.amazonaws.com/efa"] == 32
+    assert why_not(job, h100) is None
+    no_overlay = Pool(h100.name, h100.labels, h100.taints, h100.gpus_per_node, h100.types, {})
+    assert why_not(job, no_overlay) == "32 vpc.amazonaws.com/efa per pod, 0 per node"

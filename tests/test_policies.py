@@ -253,6 +253,52 @@ JOB_OK = k8s(
 )
 LB = k8s("Service", "svc", {"type": "LoadBalancer", "ports": [{"port": 80}]}, api="v1")
 
+
+def efa_group(
+    types: list[str], subnets: int = 1, efa: bool = True, accelerator: str = "nvidia-h100"
+) -> Resource:
+    ng = node_group(types, max_size=2)
+    props = dict(ng.props)
+    props["labels"] = {
+        **props["labels"],
+        "k8s.amazonaws.com/accelerator": accelerator,
+        **({"mlplatform.io/efa": "true"} if efa else {}),
+    }
+    props["subnetIds"] = [f"subnet-{i}" for i in range(subnets)]
+    return Resource(ng.type, f"ng-{accelerator}", props)
+
+
+def distributed_job(
+    nodes: int, efa: bool, accelerators: tuple[str, ...] = ("nvidia-h100",)
+) -> Resource:
+    extended = {"vpc.amazonaws.com/efa": "32", "hugepages-2Mi": "5120Mi"} if efa else {}
+    t = pod.pod_template(
+        pod.PodSpec(
+            labels={"app": "x"},
+            containers=[
+                pod.Container(
+                    "main",
+                    IMAGE,
+                    pod.Resources(cpu="1", memory="2Gi", gpus=8, extended=extended),
+                )
+            ],
+            priority_class="training-default",
+            accelerators=accelerators,
+            restart_policy="Never",
+        )
+    )
+    return k8s(
+        "Job",
+        "train",
+        {"completionMode": "Indexed", "parallelism": nodes, "completions": nodes, "template": t},
+        api="batch/v1",
+        labels={"mlplatform.io/workload-kind": "distributed-training"},
+    )
+
+
+P5 = efa_group(["p5.48xlarge"])
+L40S = efa_group(["g6e.12xlarge"], efa=False, accelerator="nvidia-l40s")
+
 # rule -> (compliant resources, violating resources, words in the violation)
 
 # Kueue objects as the queueing rules see them.
@@ -503,7 +549,142 @@ CASES: dict[str, tuple[list[Resource], list[Resource], str]] = {
         [NS, DENY, vpc_cni(False)],
         "nothing in this cluster enforces them",
     ),
+    "efa-multi-node": (
+        [
+            P5,
+            L40S,
+            distributed_job(4, efa=True),
+            distributed_job(1, efa=False),  # one node: no fabric needed
+            distributed_job(2, efa=False, accelerators=("nvidia-l40s",)),  # no EFA type
+        ],
+        [P5, L40S, distributed_job(4, efa=False)],
+        "without requesting vpc.amazonaws.com/efa",
+    ),
+    "efa-single-zone": (
+        [P5, efa_group(["g6e.12xlarge"], subnets=3, efa=False)],
+        [efa_group(["p5.48xlarge"], subnets=2)],
+        "spans 2 subnets",
+    ),
 }
+
+
+def test_efa_multi_node_sees_efa_disabled_on_an_efa_type() -> None:
+    """A p5 group with EFA turned off is still an EFA-capable type: multi-node
+    training there without EFA is the waste the rule exists for."""
+    p5_plain = efa_group(["p5.48xlarge"], efa=False)
+    found = _findings("efa-multi-node", [p5_plain, distributed_job(2, efa=False)])
+    assert len(found) == 1 and found[0].level == "mandatory"
+    # Any GPU node (no accelerator pinned) may be the L40S one: not reported.
+    unpinned = distributed_job(2, efa=False, accelerators=())
+    assert _findings("efa-multi-node", [P5, L40S, unpinned]) == []
+
+
+def efa_node_pool(
+    types: list[str], accelerator: str, zones: list[str] | None, efa: bool = True
+) -> Resource:
+    """A Karpenter NodePool as infra/karpenter.py renders an (EFA) GPU group."""
+    np = node_pool(types=types)
+    spec = json.loads(json.dumps(np.props["spec"]))
+    spec["template"]["metadata"]["labels"] = {
+        "nvidia.com/gpu.present": "true",
+        "k8s.amazonaws.com/accelerator": accelerator,
+        **({"mlplatform.io/efa": "true"} if efa else {}),
+    }
+    if zones is not None:
+        spec["template"]["spec"]["requirements"].append(
+            {"key": "topology.kubernetes.io/zone", "operator": "In", "values": zones}
+        )
+    return k8s("NodePool", f"pool-{accelerator}", spec, namespace=None, api="karpenter.sh/v1")
+
+
+def efa_node_class(subnet_terms: list[dict[str, Any]]) -> Resource:
+    nics = [
+        {"networkCardIndex": 0, "deviceIndex": 0, "interfaceType": "interface"},
+        {"networkCardIndex": 0, "deviceIndex": 1, "interfaceType": "efa-only"},
+    ]
+    return k8s(
+        "EC2NodeClass",
+        "efa",
+        {"networkInterfaces": nics, "subnetSelectorTerms": subnet_terms},
+        namespace=None,
+        api="karpenter.k8s.aws/v1",
+    )
+
+
+def test_efa_multi_node_sees_karpenter_node_pools() -> None:
+    p5 = efa_node_pool(["p5.48xlarge"], "nvidia-h100", ["us-west-2a"])
+    l40s = efa_node_pool(["g6e.12xlarge"], "nvidia-l40s", None, efa=False)
+    found = _findings("efa-multi-node", [p5, l40s, distributed_job(4, efa=False)])
+    assert len(found) == 1 and "without requesting vpc.amazonaws.com/efa" in found[0].message
+    assert _findings("efa-multi-node", [p5, l40s, distributed_job(4, efa=True)]) == []
+    # Only an L40S pool for the pinned job: no EFA type, nothing to report.
+    l40s_job = distributed_job(2, efa=False, accelerators=("nvidia-l40s",))
+    assert _findings("efa-multi-node", [p5, l40s, l40s_job]) == []
+
+
+def test_efa_single_zone_sees_karpenter_pools_and_node_classes() -> None:
+    one_zone = efa_node_pool(["p5.48xlarge"], "nvidia-h100", ["us-west-2a"])
+    good_class = efa_node_class([{"id": "subnet-1"}])
+    assert _findings("efa-single-zone", [one_zone, good_class]) == []
+    any_zone = efa_node_pool(["p5.48xlarge"], "nvidia-h100", None)
+    two_zones = efa_node_pool(["p5.48xlarge"], "nvidia-h100", ["us-west-2a", "us-west-2b"])
+    by_tags = efa_node_class([{"tags": {"karpenter.sh/discovery": "c"}}])
+    two_ids = efa_node_class([{"id": "subnet-1"}, {"id": "subnet-2"}])
+    found = _findings("efa-single-zone", [any_zone, two_zones, by_tags, two_ids])
+    assert len(found) == 4 and all(f.level == "mandatory" for f in found)
+    assert sum("topology.kubernetes.io/zone" in f.message for f in found) == 2
+    assert sum("one subnet (by id)" in f.message for f in found) == 2
+    # A plain pool spans zones freely.
+    plain = efa_node_pool(["g6e.12xlarge"], "nvidia-l40s", None, efa=False)
+    assert _findings("efa-single-zone", [plain]) == []
+
+
+def test_queue_admission_ignores_what_kueue_is_told_to_exclude() -> None:
+    """An EFA job asks for vpc.amazonaws.com/efa and huge pages, which no
+    ClusterQueue covers: Kueue admits it only when its Configuration excludes
+    them, and the simulation reads that from the Kueue release."""
+    efa_job = distributed_job(2, efa=True)
+    efa_job.props["metadata"]["labels"].update(QUEUE_LABEL)
+    efa_job.props["spec"]["suspend"] = True
+    queues = [flavor(capacity=16), *QUEUES[1:2], cluster_queue("team", 16), QUEUES[3]]
+    without = _findings("queue-admissible", [*queues, efa_job])
+    assert len(without) == 1 and "asks for" in without[0].message
+    config = {"resources": {"excludeResourcePrefixes": ["vpc.amazonaws.com/efa", "hugepages-"]}}
+    release = Resource(
+        "kubernetes:helm.sh/v3:Release",
+        "kueue",
+        {
+            "chart": "oci://registry.k8s.io/kueue/charts/kueue",
+            "values": {"managerConfig": {"controllerManagerConfigYaml": json.dumps(config)}},
+        },
+    )
+    assert _findings("queue-admissible", [*queues, release, efa_job]) == []
+
+
+def test_digest_waiver_only_for_kube_system_daemonsets() -> None:
+    cfg = PolicyConfig(require_image_digests=True)
+    efa = "602401143452.dkr.ecr.us-west-2.amazonaws.com/eks/aws-efa-k8s-device-plugin"
+    t = container_field(template(0), "image", f"{efa}:v0.5.20")
+    t["metadata"]["annotations"] = {"mlplatform.io/digest-waiver": "no published digest"}
+    waived = k8s("DaemonSet", "plugin", {"template": t}, namespace="kube-system")
+    assert _findings("image-pinned", [waived], cfg) == []
+    elsewhere = k8s("DaemonSet", "plugin", {"template": t}, namespace="team")
+    assert _findings("image-pinned", [elsewhere], cfg)
+    deployment = k8s("Deployment", "plugin", {"template": t}, namespace="kube-system")
+    assert _findings("image-pinned", [deployment], cfg)
+    # Only AWS's EFA device plugin image: not any image a waiver names.
+    for image in (
+        "r.example/plugin:v0.5.20",
+        "r.example/eks/aws-efa-k8s-device-plugin:v0.5.20",
+        f"{efa}:latest",
+        f"{efa}:main",
+    ):
+        other = container_field(t, "image", image)
+        other_ds = k8s("DaemonSet", "plugin", {"template": other}, namespace="kube-system")
+        assert _findings("image-pinned", [other_ds], cfg), image
+    no_reason = container_field(template(0), "image", f"{efa}:v0.5.20")
+    bare = k8s("DaemonSet", "plugin", {"template": no_reason}, namespace="kube-system")
+    assert _findings("image-pinned", [bare], cfg)
 
 
 def test_every_rule_has_cases() -> None:

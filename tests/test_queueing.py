@@ -229,6 +229,8 @@ def test_kueue_release_is_pinned_on_system_nodes_with_wait_for_pods_ready(
     assert config["waitForPodsReady"]["requeuingStrategy"]["backoffBaseSeconds"] == 120
     assert config["manageJobsWithoutQueueName"] is False
     assert config["integrations"]["frameworks"] == ["batch/job"]
+    # What comes with a GPU node is not queued: EFA jobs ask for it.
+    assert config["resources"]["excludeResourcePrefixes"] == ["vpc.amazonaws.com/efa", "hugepages-"]
 
 
 def test_queue_objects_wait_for_the_release_that_installs_their_crds(queued: Preview) -> None:

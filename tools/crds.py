@@ -2,7 +2,8 @@
 stack installs: prometheus-operator v0.91.0 (kube-prometheus-stack 86.3.2), as
 published on npm by @kubernetes-models/prometheus-operator 6.0.0 (generated from
 that version's Go API); Karpenter's NodePool (karpenter.sh/v1) and EC2NodeClass
-(karpenter.k8s.aws/v1) against @kubernetes-models/karpenter 2.0.0, generated
+(karpenter.k8s.aws/v1), and the NodeOverlay (karpenter.sh/v1alpha1) of EFA pools,
+against @kubernetes-models/karpenter 2.0.0, generated
 from the v1 Go API of karpenter-provider-aws v1.12.1 / karpenter v1.12.0 (its
 go.mod in tommy351/kubernetes-models-ts, third-party/karpenter). The stack
 installs Karpenter 1.14.1: the API version (v1) is the same; fields added after
@@ -38,11 +39,13 @@ MODELS = {
     "(@kubernetes-models/prometheus-operator 6.0.0)",
     "karpenter.sh/v1": _KARPENTER_MODELS,
     "karpenter.k8s.aws/v1": _KARPENTER_MODELS,
+    "karpenter.sh/v1alpha1": _KARPENTER_MODELS.replace("v1 API", "v1alpha1 API"),
 }
 PACKAGES = {
     "monitoring.coreos.com/v1": "prometheus-operator",
     "karpenter.sh/v1": "karpenter",
     "karpenter.k8s.aws/v1": "karpenter",
+    "karpenter.sh/v1alpha1": "karpenter",
 }
 MODELS_DIR = TOOLS / "node_modules" / "@kubernetes-models"
 PACKAGE_DIR = MODELS_DIR / "prometheus-operator"

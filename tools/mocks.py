@@ -127,6 +127,7 @@ class PlatformMocks(pulumi.runtime.Mocks):
     def __init__(self, region: str = DEFAULT_REGION, account_id: str = ACCOUNT_ID) -> None:
         self.region = region
         self.account_id = account_id
+        self.subnet_zones: dict[str, str] = {}
 
     # -- resources --------------------------------------------------------------
 
@@ -238,6 +239,34 @@ def _with_id(prefix: str) -> ResourceHandler:
     return handler
 
 
+def _subnet(m: PlatformMocks, a: MockResourceArgs) -> tuple[str, dict[str, Any]]:
+    rid, state = _with_id("subnet")(m, a)
+    zone = a.inputs.get("availabilityZone")
+    if isinstance(zone, str) and zone:
+        m.subnet_zones[rid] = zone  # what aws.ec2.get_subnet answers for it
+    return rid, state
+
+
+def _launch_template(m: PlatformMocks, a: MockResourceArgs) -> tuple[str, dict[str, Any]]:
+    rid = f"lt-{_hash(a.name, n=17)}"
+    prefix = a.inputs.get("namePrefix") or ""
+    return rid, {
+        "arn": m.arn("ec2", f"launch-template/{rid}"),
+        "name": a.inputs.get("name") or f"{prefix}{_hash(a.name, n=26)}",
+        "latestVersion": 1,
+        "defaultVersion": 1,
+    }
+
+
+def _placement_group(m: PlatformMocks, a: MockResourceArgs) -> tuple[str, dict[str, Any]]:
+    name = m.physical_name(a)
+    return name, {
+        "name": name,
+        "arn": m.arn("ec2", f"placement-group/{name}"),
+        "placementGroupId": f"pg-{_hash(name, n=17)}",
+    }
+
+
 def _ecr_repository(m: PlatformMocks, a: MockResourceArgs) -> tuple[str, dict[str, Any]]:
     name = m.physical_name(a)
     return name, {
@@ -253,15 +282,6 @@ def _docker_image(m: PlatformMocks, a: MockResourceArgs) -> tuple[str, dict[str,
     digest = "sha256:" + hashlib.sha256(repr(a.inputs.get("tags")).encode()).hexdigest()
     tags = a.inputs.get("tags") or [""]
     return digest, {"digest": digest, "ref": f"{str(tags[0]).rsplit(':', 1)[0]}@{digest}"}
-
-
-def _launch_template(m: PlatformMocks, a: MockResourceArgs) -> tuple[str, dict[str, Any]]:
-    rid = f"lt-{_hash(a.name, n=17)}"
-    return rid, {
-        "arn": m.arn("ec2", f"launch-template/{rid}"),
-        "latestVersion": 1,
-        "defaultVersion": 1,
-    }
 
 
 def _sqs_queue(m: PlatformMocks, a: MockResourceArgs) -> tuple[str, dict[str, Any]]:
@@ -289,13 +309,14 @@ _RESOURCE_OUTPUTS: dict[str, ResourceHandler] = {
     "aws:iam/openIdConnectProvider:OpenIdConnectProvider": _oidc_provider,
     "aws:kms/key:Key": _kms_key,
     "aws:ec2/vpc:Vpc": _with_id("vpc"),
-    "aws:ec2/subnet:Subnet": _with_id("subnet"),
+    "aws:ec2/subnet:Subnet": _subnet,
     "aws:ec2/internetGateway:InternetGateway": _with_id("igw"),
     "aws:ec2/natGateway:NatGateway": _with_id("nat"),
     "aws:ec2/eip:Eip": _with_id("eipalloc"),
     "aws:ec2/routeTable:RouteTable": _with_id("rtb"),
     "aws:ecr/repository:Repository": _ecr_repository,
     "aws:ec2/securityGroup:SecurityGroup": _with_id("sg"),
+    "aws:ec2/placementGroup:PlacementGroup": _placement_group,
     "aws:efs/fileSystem:FileSystem": _with_id("fs"),
     "aws:efs/mountTarget:MountTarget": _with_id("fsmt"),
     "docker-build:index:Image": _docker_image,
@@ -363,7 +384,23 @@ def _get_ecr_token(m: PlatformMocks, a: MockCallArgs) -> dict[str, Any]:
     }
 
 
+def _get_subnet(m: PlatformMocks, a: MockCallArgs) -> dict[str, Any]:
+    """A subnet by id: the zone the stack created it in, or (a subnet the stack did
+    not create, e.g. an existing cluster's) the region's first zone."""
+    rid = str(a.args.get("id") or "")
+    zone = m.subnet_zones.get(rid, f"{m.region}a")
+    return {
+        "id": rid,
+        "availabilityZone": zone,
+        "availabilityZoneId": f"usw2-az{'abcd'.index(zone[-1]) + 1}"
+        if zone[-1] in "abcd"
+        else "usw2-az1",
+        "arn": m.arn("ec2", f"subnet/{rid}"),
+    }
+
+
 _CALLS: dict[str, CallHandler] = {
+    "aws:ec2/getSubnet:getSubnet": _get_subnet,
     "aws:ecr/getAuthorizationToken:getAuthorizationToken": _get_ecr_token,
     "aws:index/getAvailabilityZones:getAvailabilityZones": _get_azs,
     "aws:index/getPartition:getPartition": _get_partition,

@@ -10,6 +10,7 @@ from mlplatform.settings import PlatformSettings
 from policies import queue_sim
 from tools.policy import resources
 from tools.result import Preview
+from workloads.nccl_test import NcclTestSpec
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -78,6 +79,88 @@ def _autoscaling(s: PlatformSettings) -> list[str]:
                 else ": node groups stay at their sizes."
             )
         )
+    return out
+
+
+def _efa_section(preview: Preview) -> list[str]:
+    """Per pool: EFA interfaces and fabric bandwidth; per multi-node workload: on EFA or not."""
+    s = preview.settings
+    distributed = [w for w in s.workloads if w.kind in ("distributed", "nccl-test")]
+    if not s.gpu_node_groups and not distributed:
+        return []
+    out = ["", "## EFA fabric", ""]
+    karpenter_path = s.autoscaler == "karpenter"
+    rows = []
+    for g in s.gpu_node_groups:
+        fabric = g.efa_fabric
+        capable = g.instance_type_info.efa is not None
+        if fabric is None:
+            wired = "-"
+        elif karpenter_path:
+            wired = (
+                f"EC2NodeClass `networkInterfaces` (ENA + {fabric.network_cards} `efa-only`), "
+                f"NodeOverlay `hugepages-2Mi: {g.efa.hugepages}`"
+            )
+        else:
+            wired = "launch template (`efa` + `efa-only` interfaces)"
+        where = (
+            "-"
+            if fabric is None
+            else "`subnetIds`"
+            if g.subnet_ids
+            else f"private subnet {g.efa.subnet_index}"
+        )
+        rows.append(
+            [
+                g.name,
+                ", ".join(g.instance_types),
+                str(fabric.network_cards) if fabric else ("off" if capable else "-"),
+                f"{fabric.fabric_gbps:,} Gbps" if fabric else "-",
+                "yes" if fabric and fabric.gpudirect_rdma else "-",
+                wired,
+                where,
+                ("placement group" if g.efa.placement_group else "no placement group")
+                + (
+                    f", reservation `{g.efa.capacity_reservation_id}`"
+                    if g.efa.capacity_reservation_id
+                    else ""
+                )
+                if fabric
+                else "-",
+            ]
+        )
+    if rows:
+        out += _table(
+            [
+                "pool",
+                "instance types",
+                "EFA interfaces/node",
+                "fabric",
+                "GPUDirect RDMA",
+                "interfaces in",
+                "one zone",
+                "placement",
+            ],
+            rows,
+        )
+    if distributed:
+        rows = []
+        for w in distributed:
+            pod = s.efa_for(w)
+            threshold = s.nccl_threshold(w) if isinstance(w, NcclTestSpec) else None
+            rows.append(
+                [
+                    f"{w.team}/{w.name}",
+                    w.kind,
+                    str(w.pods),
+                    f"yes ({pod.interfaces} interfaces, {pod.hugepages} huge pages)"
+                    if pod
+                    else "no (TCP sockets)",
+                    f"{threshold:g} GB/s" if threshold is not None else "-",
+                ]
+            )
+        out += [""]
+        out += _table(["workload", "kind", "nodes", "on EFA", "fails below (busbw)"], rows)
     return out
 
 
@@ -155,6 +238,8 @@ def render(preview: Preview) -> str:
             else "."
         ),
     ]
+
+    out += _efa_section(preview)
 
     out += ["", "## Team GPU quotas", ""]
     capacity = s.gpu_capacity
@@ -246,7 +331,8 @@ def render(preview: Preview) -> str:
         note = (
             ""
             if "unknown fields are errors" in against
-            else " (structure, types and enums; unknown fields are not checked by these models)"
+            else " (structure, types, enums and patterns; unknown fields and the CRDs' CEL "
+            "rules (`x-kubernetes-validations`) are not checked by these models)"
         )
         out += ["", f"{len(paths)} custom resources validated against {against}{note}:", ""]
         out += [f"- `{path}`" for path in paths]

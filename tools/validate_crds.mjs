@@ -11,6 +11,7 @@ const MODELS = {
   "monitoring.coreos.com/v1": "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1",
   "karpenter.sh/v1": "@kubernetes-models/karpenter/karpenter.sh/v1",
   "karpenter.k8s.aws/v1": "@kubernetes-models/karpenter/karpenter.k8s.aws/v1",
+  "karpenter.sh/v1alpha1": "@kubernetes-models/karpenter/karpenter.sh/v1alpha1",
 };
 
 function describe(error) {

@@ -35,8 +35,9 @@ import pulumi
 import pulumi_kubernetes as k8s
 from pydantic import Field, model_validator
 
-from infra import meta, pod, scheduling
+from infra import efa, meta, pod, scheduling
 from infra.config_types import FieldProblems, Loc
+from infra.efa import EfaPod
 from workloads import common
 from workloads.runtime import contract
 from workloads.training import (
@@ -76,6 +77,13 @@ class DistributedTrainingSpec(TrainingSpecBase):
         "take minutes to join (p5 about ten).",
     )
     same_zone: bool = Field(True, description="Keep all nodes in one availability zone.")
+    efa: bool | None = Field(
+        None,
+        description="Run NCCL over the pool's EFA fabric (docs/efa.md): the pods request "
+        "every EFA interface of the node and huge pages, and get the libfabric "
+        "environment. Default: on for more than one node when every GPU pool the "
+        "workload may use has EFA. `true` with a pool without EFA is an error.",
+    )
 
     @model_validator(mode="after")
     def _check_distributed(self) -> DistributedTrainingSpec:
@@ -132,6 +140,8 @@ def torchrun_args(spec: DistributedTrainingSpec, rendezvous_host: str) -> list[s
 class DistributedTrainingArgs:
     spec: DistributedTrainingSpec
     context: common.WorkloadContext
+    # The EFA fabric of the pool it runs on (resolved by the settings), or None.
+    efa: EfaPod | None = None
 
 
 class DistributedTraining(pulumi.ComponentResource):
@@ -169,6 +179,7 @@ class DistributedTraining(pulumi.ComponentResource):
             "shm_size": spec.shm_size,
             "restart_policy": "Never",
             "pod_affinity": pod_affinity,
+            "annotations": efa.pod_annotations(args.efa),
         }
         self.backend = spec.backend
         self.rendezvous_endpoint: str | None = None
@@ -182,7 +193,9 @@ class DistributedTraining(pulumi.ComponentResource):
             env["NODE_RANK"] = pod.FieldRef(
                 f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"
             )
-            container = self._container(spec, ctx, command, cargs, env, mounts, rendezvous=True)
+            container = efa.apply(
+                args.efa, self._container(spec, ctx, command, cargs, env, mounts, rendezvous=True)
+            )
             template = common.pod_spec(spec, ctx, labels, [container], subdomain=spec.name, **pods)
             self.service = k8s.core.v1.Service(
                 f"{name}-rendezvous",
@@ -232,8 +245,11 @@ class DistributedTraining(pulumi.ComponentResource):
             command, cargs = common.entrypoint(spec, runtime, spec.runtime_args(checkpoint_dir))
             # The operator names pods <job>-master-0 / <job>-worker-i and sets
             # MASTER_ADDR, PET_NNODES, PET_NPROC_PER_NODE, PET_NODE_RANK.
-            container = self._container(
-                spec, ctx, command, cargs, env, mounts, rendezvous=False, name="pytorch"
+            container = efa.apply(
+                args.efa,
+                self._container(
+                    spec, ctx, command, cargs, env, mounts, rendezvous=False, name="pytorch"
+                ),
             )
             template = common.pod_spec(spec, ctx, labels, [container], **pods)
             # ExitCode: retry on signals (128+, e.g. preemption), not on errors.

@@ -61,5 +61,18 @@ def test_entrypoint_modules_exist() -> None:
         contract.SERVE_MODULE,
         contract.BATCH_MODULE,
         contract.FETCH_MODULE,
+        contract.NCCL_TEST_MODULE,
     ):
         assert (RUNTIME / f"{module.split('.')[1]}.py").is_file(), module
+
+
+def test_image_carries_libfabric_and_aws_ofi_nccl() -> None:
+    """The EFA installer step (docs/efa.md): a pinned version, its signature
+    checked, no kernel module, and the libraries on the loader path."""
+    lines = instructions()
+    (version,) = [line for line in lines if line.startswith("ARG EFA_INSTALLER_VERSION=")]
+    assert re.fullmatch(r"ARG EFA_INSTALLER_VERSION=\d+\.\d+\.\d+", version)
+    text = " ".join(lines)
+    assert "gpg --batch --verify" in text
+    assert "./efa_installer.sh -y -g -d --skip-kmod --skip-limit-conf --no-verify" in text
+    assert "/opt/amazon/ofi-nccl/lib/x86_64-linux-gnu:/opt/amazon/efa/lib" in text

@@ -64,6 +64,22 @@ OUTCOMES = ("complete", "skipped", "failed")
 FINAL_SCRAPE_TIMEOUT_S = 35.0
 
 
+class _ScrapeCounter:
+    """A collector with no series of its own: it tells BatchMetrics that a
+    scrape began (registered first) or ended (registered last)."""
+
+    def __init__(self, metrics: BatchMetrics, begin: bool) -> None:
+        self._metrics = metrics
+        self._begin = begin
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        self._metrics._count_scrape(self._begin)
+        yield from ()
+
+
 class BatchMetrics:
     """The contract.BATCH_METRICS series, served on /metrics of `port` (0: not served)."""
 
@@ -76,6 +92,14 @@ class BatchMetrics:
         )
 
         self.registry = r = CollectorRegistry()
+        # Scrapes are counted as they begin and as they end: a collector
+        # registered before every series, and one after (the registry collects
+        # in registration order). finish() waits for a scrape that began after
+        # the outcome was counted to end, so that scrape carries the outcome.
+        self._begun = 0
+        self._ended = 0
+        self._scraped = threading.Condition()
+        r.register(_ScrapeCounter(self, begin=True))
         self.records = Counter("mlbatch_records", "Records predicted and written", registry=r)
         self.shards = Counter(
             "mlbatch_shards", "Shards this pod finished, by outcome", ["outcome"], registry=r
@@ -99,9 +123,7 @@ class BatchMetrics:
         self.last_progress.set_to_current_time()
         self._started: float | None = None
         self._written = 0
-        self._scrapes = 0
-        self._scraped = threading.Condition()
-        r.register(self)  # collect() below runs once per scrape: it counts them
+        r.register(_ScrapeCounter(self, begin=False))
         self.server: Any = None
         if port:
             try:
@@ -109,15 +131,13 @@ class BatchMetrics:
             except OSError as exc:
                 log.warning("metrics disabled: cannot listen on port %d: %s", port, exc)
 
-    # -- the registry's view of this object: a collector with no series of its own
-    def describe(self) -> list[Any]:
-        return []
-
-    def collect(self) -> Iterator[Any]:
+    def _count_scrape(self, begin: bool) -> None:
         with self._scraped:
-            self._scrapes += 1
+            if begin:
+                self._begun += 1
+            else:
+                self._ended += 1
             self._scraped.notify_all()
-        yield from ()
 
     # -- progress
     def shard_started(self, files: int) -> None:
@@ -146,11 +166,14 @@ class BatchMetrics:
         self.last_progress.set_to_current_time()
         seen = False
         with self._scraped:
-            before = self._scrapes
-            if self.server is not None and before > 0:
-                seen = self._scraped.wait_for(lambda: self._scrapes > before, timeout)
+            # Scrapes begun so far collected (or may have) the old values; the
+            # Prometheus scraper asks one at a time, so the next to end after
+            # them began after the outcome was counted.
+            begun = self._begun
+            if self.server is not None and begun > 0:
+                seen = self._scraped.wait_for(lambda: self._ended > begun, timeout)
         if seen:
-            time.sleep(0.2)  # let the handler finish writing the response
+            time.sleep(0.2)  # the collection is done: let the handler send the response
         self.close()
         return seen
 

@@ -15,6 +15,7 @@ TRAIN_MODULE = f"{PACKAGE}.train"
 SERVE_MODULE = f"{PACKAGE}.serve"
 BATCH_MODULE = f"{PACKAGE}.batch"
 FETCH_MODULE = f"{PACKAGE}.fetch"
+NCCL_TEST_MODULE = f"{PACKAGE}.nccl_test"
 
 # The non-root user the image runs as (Dockerfile `USER`).
 RUN_AS_USER = 10001
@@ -44,10 +45,11 @@ SCRATCH_DIR = "/tmp"  # writable emptyDir; HOME and caches point here (read-only
 EXIT_OK = 0
 EXIT_USAGE = 2  # bad arguments or input: retrying cannot help
 EXIT_PREEMPTED = 143  # stopped by SIGTERM after saving a checkpoint: retry resumes
+EXIT_BELOW_THRESHOLD = 3  # nccl_test: bus bandwidth under --min-busbw (the fabric is slow)
 
 # The least memory (MiB) each program needs on CPU with the reference models;
 # the settings model rejects a workload that asks for less.
-MIN_MEMORY_MIB = {"train": 1024, "serve": 512, "batch": 512}
+MIN_MEMORY_MIB = {"train": 1024, "serve": 512, "batch": 512, "nccl_test": 1024}
 
 # Metric names the runtime exports (the monitoring component's alerts and
 # dashboards may only use names that something really exports).
