@@ -114,10 +114,57 @@ class HttpProbe:
 
 
 @dataclass(frozen=True)
+class GrpcProbe:
+    """gRPC health checking (grpc.health.v1) on a port number (Kubernetes takes
+    no port name here)."""
+
+    port: int
+    service: str | None = None
+    period_seconds: int = 10
+    timeout_seconds: int = 2
+    failure_threshold: int = 3
+    initial_delay_seconds: int = 0
+
+    def manifest(self) -> dict[str, Any]:
+        grpc: dict[str, Any] = {"port": self.port}
+        if self.service:
+            grpc["service"] = self.service
+        return _timing(self, {"grpc": grpc})
+
+
+@dataclass(frozen=True)
+class TcpProbe:
+    """A TCP connect on a port."""
+
+    port: int | str
+    period_seconds: int = 10
+    timeout_seconds: int = 2
+    failure_threshold: int = 3
+    initial_delay_seconds: int = 0
+
+    def manifest(self) -> dict[str, Any]:
+        return _timing(self, {"tcpSocket": {"port": self.port}})
+
+
+def _timing(probe: GrpcProbe | TcpProbe, out: dict[str, Any]) -> dict[str, Any]:
+    out |= {
+        "periodSeconds": probe.period_seconds,
+        "timeoutSeconds": probe.timeout_seconds,
+        "failureThreshold": probe.failure_threshold,
+    }
+    if probe.initial_delay_seconds:
+        out["initialDelaySeconds"] = probe.initial_delay_seconds
+    return out
+
+
+Probe = HttpProbe | GrpcProbe | TcpProbe
+
+
+@dataclass(frozen=True)
 class Probes:
-    startup: HttpProbe | None = None
-    readiness: HttpProbe | None = None
-    liveness: HttpProbe | None = None
+    startup: Probe | None = None
+    readiness: Probe | None = None
+    liveness: Probe | None = None
 
 
 @dataclass(frozen=True)

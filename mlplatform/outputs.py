@@ -42,9 +42,13 @@ class InferenceEndpoint(_Out):
     namespace: str
     service_name: str
     model: str = Field(description="Model name in the API paths (/v2/models/<model>/infer).")
-    protocol: Literal["kserve-v2"] = Field(
-        description="KServe Open Inference Protocol v2; v1 (/v1/models/<model>:predict) is "
-        "served too."
+    protocol: Literal["kserve-v2", "openai", "custom"] = Field(
+        description="What clients speak: `kserve-v2` (KServe Open Inference Protocol v2; the "
+        "runtime server serves v1 too, Triton gRPC as well), `openai` (vLLM: /v1/completions, "
+        "/v1/chat/completions), `custom` (an own server's own API)."
+    )
+    runtime: Literal["mlplatform", "vllm", "triton", "custom"] = Field(
+        description="The server (`runtime` of the service)."
     )
 
 

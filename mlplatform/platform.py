@@ -32,7 +32,6 @@ from workloads.image import RuntimeImage, RuntimeImageArgs
 from workloads.monitoring import InferenceTarget, Monitoring, MonitoringArgs
 from workloads.nccl_test import NcclTest, NcclTestArgs, NcclTestSpec
 from workloads.queue_monitoring import QueueMonitoring, QueueMonitoringArgs
-from workloads.runtime import contract
 from workloads.serving import InferenceService, InferenceServiceArgs, InferenceServiceSpec
 from workloads.training import TrainingJob, TrainingJobArgs, TrainingJobSpec
 
@@ -138,8 +137,8 @@ class Platform(pulumi.ComponentResource):
                     kubernetes_version=s.cluster.kubernetes_version,
                     max_gpus_per_container=s.max_gpus_per_container(team),
                     monitoring_namespace=s.monitoring.namespace,
-                    metrics_ports=(contract.SERVE_PORT, contract.TRAIN_METRICS_PORT),
-                    serving_ports=(contract.SERVE_PORT,),
+                    metrics_ports=s.team_metrics_ports(team.name),
+                    serving_ports=s.team_serving_ports(team.name),
                     cluster_cidrs=(s.cluster.vpc.cidr,) if s.cluster.mode == "create" else (),
                 ),
                 opts=k8s_opts,
@@ -192,10 +191,21 @@ class Platform(pulumi.ComponentResource):
                 team_namespaces=[t.name for t in s.teams],
                 storage_class=s.cluster.storage_class,
                 inference=[
-                    InferenceTarget(w.team, w.name, w.served_model_name, w.latency_slo_ms / 1000)
+                    InferenceTarget(
+                        w.team,
+                        w.name,
+                        w.served_model_name,
+                        w.latency_slo_ms / 1000,
+                        runtime=w.runtime,
+                        metrics_port=w.metrics_endpoint.port if w.metrics_endpoint else None,
+                        metrics_path=w.metrics_endpoint.path if w.metrics_endpoint else None,
+                        ttft_slo_seconds=w.vllm_settings.time_to_first_token_slo_ms / 1000,
+                        itl_slo_seconds=w.vllm_settings.inter_token_latency_slo_ms / 1000,
+                    )
                     for w in s.workloads
                     if isinstance(w, InferenceServiceSpec)
                 ],
+                hpa_metrics=s.hpa_metrics(),
                 node_groups={g.name: g.max_size for g in s.gpu_node_groups},
             ),
             opts=k8s_opts,
@@ -376,6 +386,7 @@ class Platform(pulumi.ComponentResource):
                     "serviceName": w.service_name,
                     "model": w.model_name,
                     "protocol": w.protocol,
+                    "runtime": w.runtime,
                 }
                 for key, w in self.workloads.items()
                 if isinstance(w, InferenceService)

@@ -51,8 +51,10 @@ from workloads.batch import BatchInferenceSpec
 from workloads.common import WorkloadSpec
 from workloads.distributed import DistributedTrainingSpec
 from workloads.image import RuntimeImageSettings
+from workloads.metric_catalog import RUNTIME_HPA_METRICS, HpaMetric
 from workloads.monitoring import MonitoringSettings
 from workloads.nccl_test import NcclTestSpec
+from workloads.runtime import contract
 from workloads.serving import InferenceServiceSpec, ServingSettings
 from workloads.training import MlflowSettings, TrainingJobSpec
 
@@ -340,6 +342,7 @@ class PlatformSettings(_Model):
                     )
                 )
         problems += self._check_workloads()
+        problems += self._check_hpa_metrics()
         problems += self._check_queueing()
         problems += self._check_capacity()
         if problems:
@@ -831,6 +834,58 @@ class PlatformSettings(_Model):
             external_autoscaler=self.capacity.external_autoscaler,
             network_policy_enforced=bool(self.cluster.network_policy_enforced),
         )
+
+    def _check_hpa_metrics(self) -> list[tuple[Loc, str]]:
+        """The adapter serves each metrics API name one way: two services that
+        compute the same name differently would get one rule or the other."""
+        problems: list[tuple[Loc, str]] = []
+        seen: dict[str, tuple[HpaMetric, str]] = {
+            m.name: (m, f"the {runtime} runtime")
+            for runtime, metrics in RUNTIME_HPA_METRICS.items()
+            for m in metrics
+        }
+        for i, w in enumerate(self.workloads):
+            if not isinstance(w, InferenceServiceSpec) or w.runtime != "custom":
+                continue
+            m = w.hpa_metric
+            if m is None:
+                continue
+            other = seen.get(m.name)
+            if other is not None and other[0] != m:
+                problems.append(
+                    (
+                        ("workloads", i, "customMetric", "name"),
+                        f"{m.name!r} is already served by {other[1]} as the {other[0].type} "
+                        f"{other[0].series!r}: give the metric another name",
+                    )
+                )
+            seen.setdefault(m.name, (m, f"workloads[{i}]"))
+        return problems
+
+    def hpa_metrics(self) -> list[HpaMetric]:
+        """The per-pod metrics the prometheus-adapter serves: the known runtimes'
+        (always), and those custom servers' HPAs name."""
+        out = [m for metrics in RUNTIME_HPA_METRICS.values() for m in metrics]
+        for w in self.workloads:
+            if isinstance(w, InferenceServiceSpec) and (m := w.hpa_metric) and m not in out:
+                out.append(m)
+        return out
+
+    def _team_inference(self, team: str) -> list[InferenceServiceSpec]:
+        return [w for w in self.workloads if isinstance(w, InferenceServiceSpec) and w.team == team]
+
+    def team_serving_ports(self, team: str) -> tuple[int, ...]:
+        """The ports team pods may call the team's inference services on."""
+        ports = {contract.SERVE_PORT}
+        for w in self._team_inference(team):
+            ports.update(p.port for p in w.serving_ports)
+        return tuple(sorted(ports))
+
+    def team_metrics_ports(self, team: str) -> tuple[int, ...]:
+        """The ports Prometheus may scrape in the team's namespace."""
+        ports = {contract.SERVE_PORT, contract.TRAIN_METRICS_PORT}
+        ports.update(p for w in self._team_inference(team) if (p := w.metrics_port) is not None)
+        return tuple(sorted(ports))
 
     def max_gpus_per_container(self, team: TeamSettings) -> int:
         limit = team.limits.max_gpus_per_container

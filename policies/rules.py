@@ -793,19 +793,35 @@ def _is_inference(res: Resource) -> bool:
 
 @rule(
     "inference-readiness",
-    description="Inference services have readiness probes on every serving container.",
+    description="Inference services have readiness and liveness probes on every serving "
+    "container, on ports the container declares.",
     enforcement="mandatory",
     severity="medium",
-    remediation="Add a readinessProbe (the runtime serves /v2/health/ready once the model is "
-    "loaded).",
+    remediation="Add a readinessProbe and a livenessProbe (the runtime serves /v2/health/ready "
+    "once the model is loaded; an own server declares `probes` on its `ports`).",
 )
 def inference_readiness(res: Resource, cfg: PolicyConfig) -> Iterator[str]:
     if not _is_inference(res):
         return
     for t in pod_templates(res):
         for c in t.spec.get("containers") or []:
-            if not c.get("readinessProbe"):
-                yield f"{t.where}.containers {c.get('name')!r} has no readinessProbe"
+            name = c.get("name")
+            for kind in ("readinessProbe", "livenessProbe"):
+                if not c.get(kind):
+                    yield f"{t.where}.containers {name!r} has no {kind}"
+            ports = c.get("ports") or []
+            declared = {p.get("name") for p in ports} | {p.get("containerPort") for p in ports}
+            if not ports:
+                continue
+            for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+                probe = c.get(kind) or {}
+                for handler in ("httpGet", "tcpSocket", "grpc"):
+                    port = (probe.get(handler) or {}).get("port")
+                    if port is not None and port not in declared:
+                        yield (
+                            f"{t.where}.containers {name!r}: the {kind} checks port {port!r}, "
+                            "which the container does not declare"
+                        )
 
 
 def _selects(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:

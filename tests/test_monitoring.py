@@ -274,6 +274,16 @@ ALERTS = {
     "TeamGpuQuotaNearlyUsed",
     "GpuNodeGroupAtMaxSize",
 }
+# Alerts of the serving presets, generated per vLLM or Triton service.
+PRESET_ALERTS = {
+    "VllmTimeToFirstTokenOverSlo",
+    "VllmInterTokenLatencyOverSlo",
+    "VllmKvCacheNearlyFull",
+    "VllmQueueBacklog",
+    "TritonLatencyOverSlo",
+    "TritonErrorRatio",
+    "TritonQueueBacklog",
+}
 
 
 def test_alert_rules(observed: Run) -> None:
@@ -350,7 +360,8 @@ def test_every_alert_has_a_runbook() -> None:
     sections = {block.split("\n", 1)[0].strip(): block for block in doc.split("\n### ")[1:]}
     from workloads import queue_monitoring
 
-    every_alert = {*ALERTS, queue_monitoring.ALERT}  # the Kueue one exists with queueing on
+    # The preset alerts exist with vLLM or Triton services, the Kueue one with queueing on.
+    every_alert = {*ALERTS, *PRESET_ALERTS, queue_monitoring.ALERT}
     for alert in every_alert:
         assert alert.lower() in anchors, f"docs/alerts.md has no section for {alert}"
         assert "**What to do**" in sections[alert], f"{alert}: the runbook says what to do"
@@ -417,9 +428,13 @@ def test_the_parser_rejects_broken_promql() -> None:
 
 def test_hpa_custom_metric_is_served_by_the_adapter(observed: Run) -> None:
     release = observed.one("kubernetes:helm.sh/v3:Release", "mlplatform-monitoring-adapter")
-    (rule,) = release.inputs["values"]["rules"]["custom"]
-    assert rule["seriesQuery"].startswith(CustomMetric().name + "{")
-    assert CustomMetric().name in metric_catalog.RUNTIME_SERIES
+    rules = release.inputs["values"]["rules"]["custom"]
+    (rule,) = [r for r in rules if r["name"]["as"] == "mlserve_inflight_requests"]
+    assert rule["seriesQuery"] == 'mlserve_inflight_requests{namespace!="",pod!=""}'
+    assert rule["name"]["matches"] == "^mlserve_inflight_requests$"
+    assert rule["metricsQuery"] == "sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)"
+    assert CustomMetric().name is None  # the runtime's queue metric
+    assert "mlserve_inflight_requests" in metric_catalog.RUNTIME_SERIES
 
 
 # -- dashboards --------------------------------------------------------------------

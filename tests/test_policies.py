@@ -473,7 +473,11 @@ CASES: dict[str, tuple[list[Resource], list[Resource], str]] = {
         [
             deploy(
                 container_field(
-                    template(1), "readinessProbe", {"httpGet": {"path": "/r", "port": 8080}}
+                    container_field(
+                        template(1), "readinessProbe", {"httpGet": {"path": "/r", "port": 8080}}
+                    ),
+                    "livenessProbe",
+                    {"tcpSocket": {"port": 8080}},
                 ),
                 labels=INFERENCE,
             )
@@ -955,3 +959,18 @@ def test_pack_imports_only_what_its_virtualenv_has() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(len(rules.RULES))
+
+
+def test_inference_probes_must_check_declared_ports() -> None:
+    """A probe on a port the server does not declare never succeeds: the pod never
+    becomes Ready (or is restarted forever)."""
+    t = container_field(template(1), "ports", [{"name": "http", "containerPort": 8000}])
+    t = container_field(t, "readinessProbe", {"httpGet": {"path": "/health", "port": "http"}})
+    ok = container_field(t, "livenessProbe", {"tcpSocket": {"port": 8000}})
+    assert _findings("inference-readiness", [deploy(ok, labels=INFERENCE)]) == []
+    bad = container_field(t, "livenessProbe", {"grpc": {"port": 8001}})
+    (finding,) = _findings("inference-readiness", [deploy(bad, labels=INFERENCE)])
+    assert "livenessProbe checks port 8001" in finding.message
+    no_liveness = deploy(t, labels=INFERENCE)
+    (finding,) = _findings("inference-readiness", [no_liveness])
+    assert "has no livenessProbe" in finding.message

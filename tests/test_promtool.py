@@ -30,7 +30,8 @@ UNIT_TESTS = Path(__file__).parent / "promtool"
 STACKS = sorted(p.name.split(".")[1] for p in ROOT.glob("Pulumi.*.yaml"))
 
 # The stack the unit tests' rules.yaml is rendered from: two teams, three model
-# servers (two of one team), one GPU node group; default thresholds.
+# servers of the runtime (two of one team), a vLLM and a Triton server, one GPU
+# node group; default thresholds.
 PROMTOOL_STACK = base_config(
     teams=[{"name": "vision", "quota": {"gpus": 4}}, {"name": "ranking", "quota": {"gpus": 2}}],
     gpuNodeGroups=[{"name": "a10g", "instanceTypes": ["g5.2xlarge"], "maxSize": 4}],
@@ -49,6 +50,27 @@ PROMTOOL_STACK = base_config(
             ("embedder", "ranking", 100),
             ("detector", "vision", 500),
         )
+    ]
+    + [
+        {
+            "kind": "inference",
+            "runtime": "vllm",
+            "name": "chat",
+            "team": "vision",
+            "gpus": 1,
+            "memory": "32Gi",
+            "minReplicas": 1,
+            "model": {"uri": "s3://models/chat/v1"},
+        },
+        {
+            "kind": "inference",
+            "runtime": "triton",
+            "name": "classifier",
+            "team": "ranking",
+            "memory": "4Gi",
+            "model": {"claim": "triton-models"},
+            "latencySloMs": 200,
+        },
     ],
 )
 
@@ -149,9 +171,9 @@ def test_every_alert_is_unit_tested_firing_and_quiet(rules: dict[str, Any]) -> N
 
 
 def monitoring_alert_names() -> set[str]:
-    from tests.test_monitoring import ALERTS
+    from tests.test_monitoring import ALERTS, PRESET_ALERTS
 
-    return ALERTS
+    return ALERTS | PRESET_ALERTS
 
 
 def test_two_failing_services_raise_two_alerts_with_distinct_labels() -> None:
@@ -288,5 +310,7 @@ def test_the_alert_rules_module_is_what_the_unit_tests_render(rules: dict[str, A
         "inference_error_ratio": 0.05,
         "job_failed_minutes": 60,
         "batch_stall_minutes": 15,
+        "kv_cache_used_ratio": 0.95,
+        "queue_backlog_per_pod": 20,
     }
     assert rules["metadata"]["name"] == "mlplatform"

@@ -338,7 +338,9 @@ def test_inference_hpa_pdb_service(all_kinds: Run) -> None:
     assert pdb["maxUnavailable"] == 1 and pdb["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
     svc = all_kinds.manifest("Service", "ranker", "ml")["spec"]
     assert svc["type"] == "ClusterIP"
-    assert svc["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+    assert svc["ports"] == [
+        {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP", "appProtocol": "http"}
+    ]
     assert (
         svc["selector"]
         == pdb["selector"]["matchLabels"]
@@ -378,6 +380,7 @@ def test_inference_ingress_and_outputs(all_kinds: Run) -> None:
         "serviceName": "ranker",
         "model": "ranker",
         "protocol": "kserve-v2",
+        "runtime": "mlplatform",
     }
     assert set(endpoints) == {"ml/ranker", "ml/embed"}
 

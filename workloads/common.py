@@ -588,7 +588,7 @@ class WorkloadSpec(_Model):
         problems: list[tuple[Loc, str]] = []
         problems += _limit_problems(self.cpu, self.cpu_limit, self.memory, self.memory_limit)
         problems += self._pod_setting_problems()
-        if self.command is not None and self.image is None:
+        if self.command is not None and self.image is None and self._own_command_needs_image:
             problems.append((("command",), "a custom command needs a custom `image`"))
         if self.mig_profile and self.gpus == 0:
             problems.append((("gpus",), "set the number of MIG slices (>= 1) with migProfile"))
@@ -686,6 +686,12 @@ class WorkloadSpec(_Model):
         return problems
 
     # Facts derived from the spec ------------------------------------------
+
+    @property
+    def _own_command_needs_image(self) -> bool:
+        """Whether a `command` without an `image` is this check's business (a kind
+        with its own rules for `command` says no)."""
+        return True
 
     def platform_mounts(self) -> dict[str, str]:
         """Volume name -> path the platform mounts in this workload's main container."""
@@ -974,12 +980,13 @@ def network_policies(
     ctx: WorkloadContext,
     selector: Mapping[str, str],
     *,
-    http_port: int | None = None,
+    serving_ports: Sequence[int] = (),
 ) -> dict[str, dict[str, Any]]:
     """The openings a workload needs beyond its team's policies, by kind:
 
-    - inference: ingress on its HTTP port from the gateway namespace (and from
-      its own namespace when the team does not already allow that);
+    - inference: ingress on its serving ports (HTTP and gRPC, not a port that
+      only serves metrics) from the gateway namespace (and from its own
+      namespace when the team does not already allow that);
     - distributed: all traffic between the job's own pods (rendezvous, NCCL
       and gloo use ephemeral ports), even where the team forbids
       intra-namespace traffic;
@@ -989,7 +996,7 @@ def network_policies(
     pods = {"matchLabels": dict(selector)}
     policies: dict[str, dict[str, Any]] = {}
     if kind == "inference":
-        assert http_port is not None
+        assert serving_ports
         sources: list[dict[str, Any]] = [
             {
                 "namespaceSelector": {
@@ -1002,7 +1009,12 @@ def network_policies(
         policies[f"{spec.name}-ingress"] = {
             "podSelector": pods,
             "policyTypes": ["Ingress"],
-            "ingress": [{"from": sources, "ports": [{"protocol": "TCP", "port": http_port}]}],
+            "ingress": [
+                {
+                    "from": sources,
+                    "ports": [{"protocol": "TCP", "port": port} for port in serving_ports],
+                }
+            ],
         }
     if kind == "distributed":
         peers = [{"podSelector": pods}]
@@ -1034,10 +1046,12 @@ def open_network(
     labels: Mapping[str, str],
     parent: pulumi.Resource,
     *,
-    http_port: int | None = None,
+    serving_ports: Sequence[int] = (),
 ) -> list[k8s.networking.v1.NetworkPolicy]:
     """Create the NetworkPolicies `network_policies()` derives for the workload."""
-    policies = network_policies(kind, spec, ctx, meta.selector(dict(labels)), http_port=http_port)
+    policies = network_policies(
+        kind, spec, ctx, meta.selector(dict(labels)), serving_ports=serving_ports
+    )
     return [
         k8s.networking.v1.NetworkPolicy(
             f"{name}-netpol-{policy_name}",

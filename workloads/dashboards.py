@@ -453,4 +453,158 @@ QUOTAS = Dashboard(
     ),
 )
 
-DASHBOARDS: tuple[Dashboard, ...] = (GPU, INFERENCE, TRAINING, BATCH, QUOTAS)
+BY_SERVICE = "sum by (namespace, service)"
+SERVICE_LEGEND = "{{namespace}}/{{service}}"
+
+
+def _quantiles(histogram: str) -> tuple[Target, ...]:
+    return tuple(
+        _t(
+            f"histogram_quantile({q}, sum by (le, namespace, service) "
+            f"({_rate(histogram + '_bucket')}))",
+            f"p{int(q * 100)} {SERVICE_LEGEND}",
+        )
+        for q in (0.5, 0.95, 0.99)
+    )
+
+
+# The serving presets' servers: their PodMonitors put `service` on every series.
+VLLM = Dashboard(
+    uid="mlplatform-vllm",
+    title="mlplatform / LLM serving (vLLM)",
+    description="Time to first token, inter-token latency, KV-cache usage, queue depth and "
+    "token throughput of the vLLM services.",
+    namespace_variable="vllm:num_requests_running",
+    panels=(
+        Panel(
+            "Time to first token p50 / p95 / p99",
+            _quantiles("vllm:time_to_first_token_seconds"),
+            unit="s",
+            description="Queueing and prefill (the VllmTimeToFirstTokenOverSlo alert: p95).",
+        ),
+        Panel(
+            "Inter-token latency p50 / p95 / p99",
+            _quantiles("vllm:inter_token_latency_seconds"),
+            unit="s",
+            description="Time between two generated tokens (VllmInterTokenLatencyOverSlo: p95).",
+        ),
+        Panel(
+            "KV-cache usage by pod",
+            (
+                _t(
+                    f"max by (namespace, service, pod) (vllm:kv_cache_usage_perc{{{NS}}})",
+                    POD_LEGEND,
+                ),
+            ),
+            unit="percentunit",
+            description="Full means preemptions (VllmKvCacheNearlyFull).",
+        ),
+        Panel(
+            "Requests waiting and running",
+            (
+                _t(
+                    f"{BY_SERVICE} (vllm:num_requests_waiting{{{NS}}})", "waiting " + SERVICE_LEGEND
+                ),
+                _t(
+                    f"{BY_SERVICE} (vllm:num_requests_running{{{NS}}})", "running " + SERVICE_LEGEND
+                ),
+            ),
+            description="Waiting is what the HPA scales on (vllm_num_requests_waiting per pod).",
+        ),
+        Panel(
+            "Tokens per second",
+            (
+                _t(
+                    f"{BY_SERVICE} ({_rate('vllm:prompt_tokens_total')})",
+                    "prompt " + SERVICE_LEGEND,
+                ),
+                _t(
+                    f"{BY_SERVICE} ({_rate('vllm:generation_tokens_total')})",
+                    "generated " + SERVICE_LEGEND,
+                ),
+            ),
+        ),
+        Panel(
+            "End-to-end request latency p50 / p95 / p99",
+            _quantiles("vllm:e2e_request_latency_seconds"),
+            unit="s",
+        ),
+    ),
+)
+
+TRITON = Dashboard(
+    uid="mlplatform-triton",
+    title="mlplatform / Triton",
+    description="Requests, failures, latency (queue and compute) and pending requests of the "
+    "Triton services, per model.",
+    namespace_variable="nv_inference_request_success",
+    panels=(
+        Panel(
+            "Successful requests per second by model",
+            (
+                _t(
+                    f"sum by (namespace, service, model) ({_rate('nv_inference_request_success')})",
+                    SERVICE_LEGEND + " {{model}}",
+                ),
+            ),
+            unit="reqps",
+        ),
+        Panel(
+            "Failed requests per second by model",
+            (
+                _t(
+                    f"sum by (namespace, service, model) ({_rate('nv_inference_request_failure')})",
+                    SERVICE_LEGEND + " {{model}}",
+                ),
+            ),
+            unit="reqps",
+        ),
+        Panel(
+            "Average latency: queue and compute",
+            (
+                _t(
+                    f"{BY_SERVICE} ({_rate('nv_inference_queue_duration_us')}) / "
+                    f"{BY_SERVICE} ({_rate('nv_inference_request_success')}) / 1e6",
+                    "queue " + SERVICE_LEGEND,
+                ),
+                _t(
+                    f"{BY_SERVICE} ({_rate('nv_inference_compute_infer_duration_us')}) / "
+                    f"{BY_SERVICE} ({_rate('nv_inference_request_success')}) / 1e6",
+                    "compute " + SERVICE_LEGEND,
+                ),
+                _t(
+                    f"{BY_SERVICE} ({_rate('nv_inference_request_duration_us')}) / "
+                    f"{BY_SERVICE} ({_rate('nv_inference_request_success')}) / 1e6",
+                    "request " + SERVICE_LEGEND,
+                ),
+            ),
+            unit="s",
+            description="Triton's cumulative duration counters over its request count: "
+            "averages (TritonLatencyOverSlo uses the request line).",
+        ),
+        Panel(
+            "Mean batch size (inferences per execution)",
+            (
+                _t(
+                    f"{BY_SERVICE} ({_rate('nv_inference_count')}) / "
+                    f"{BY_SERVICE} ({_rate('nv_inference_exec_count')})",
+                    SERVICE_LEGEND,
+                ),
+            ),
+            description="How much dynamic batching coalesces.",
+        ),
+        Panel(
+            "Pending requests by pod",
+            (
+                _t(
+                    f"sum by (namespace, service, pod) "
+                    f"(nv_inference_pending_request_count{{{NS}}})",
+                    POD_LEGEND,
+                ),
+            ),
+            description="What the HPA scales on (nv_inference_pending_request_count per pod).",
+        ),
+    ),
+)
+
+DASHBOARDS: tuple[Dashboard, ...] = (GPU, INFERENCE, VLLM, TRITON, TRAINING, BATCH, QUOTAS)

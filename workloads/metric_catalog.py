@@ -1,18 +1,29 @@
 """Every metric name the platform's alerts and dashboards may use, and who exports it.
 
-One list, three sources:
+One list, five sources:
 - the runtime (workloads/runtime: serve.py, train.py, batch.py), from the
   contract, checked against the real programs' /metrics by
   tests/runtime/test_metric_catalog.py;
 - the DCGM exporter, whose counters file the platform ships (DCGM_COUNTERS
   becomes its ConfigMap), so nothing outside this list is ever exported;
 - kube-state-metrics (the names below are from its documentation for v2.x,
-  https://github.com/kubernetes/kube-state-metrics/tree/main/docs/metrics).
+  https://github.com/kubernetes/kube-state-metrics/tree/main/docs/metrics);
+- vLLM (the `vllm` serving preset, vllm/vllm-openai v0.29.0): the V1 engine's
+  Prometheus metrics as vLLM's docs list them (docs/design/metrics.md,
+  docs/usage/metrics.md; defined in vllm/v1/metrics/loggers.py). The names keep
+  their `vllm:` prefix: a colon is legal in a Prometheus metric name
+  (`[a-zA-Z_:][a-zA-Z0-9_:]*`) and Prometheus scrapes them unchanged; only the
+  custom metrics API name of an HPA is spelled without it;
+- Triton Inference Server (the `triton` preset, 26.08): its metrics
+  documentation (server docs/user_guide/metrics.md), per model and version.
 
 Pure Python: the runtime's test venv imports it without Pulumi.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
 
 from workloads.runtime import contract
 
@@ -73,6 +84,62 @@ KUBE_STATE_METRICS: frozenset[str] = frozenset(
     }
 )
 
+# vLLM (labels: model_name, engine). Histograms in seconds; kv_cache_usage_perc
+# is a fraction (0-1) despite its name.
+VLLM_METRICS: dict[str, str] = {
+    "vllm:num_requests_running": "gauge",
+    "vllm:num_requests_waiting": "gauge",
+    "vllm:kv_cache_usage_perc": "gauge",
+    "vllm:prompt_tokens_total": "counter",
+    "vllm:generation_tokens_total": "counter",
+    "vllm:request_success_total": "counter",  # label finished_reason
+    "vllm:num_preemptions_total": "counter",
+    "vllm:time_to_first_token_seconds": "histogram",
+    "vllm:inter_token_latency_seconds": "histogram",
+    "vllm:e2e_request_latency_seconds": "histogram",
+    "vllm:request_queue_time_seconds": "histogram",
+}
+# Triton (labels: model, version). Durations are cumulative counters in
+# microseconds; pending_request_count is the requests waiting in the scheduler.
+TRITON_METRICS: dict[str, str] = {
+    "nv_inference_request_success": "counter",
+    "nv_inference_request_failure": "counter",  # label reason (newer releases)
+    "nv_inference_count": "counter",
+    "nv_inference_exec_count": "counter",
+    "nv_inference_request_duration_us": "counter",
+    "nv_inference_queue_duration_us": "counter",
+    "nv_inference_compute_infer_duration_us": "counter",
+    "nv_inference_pending_request_count": "gauge",
+}
+
+
+@dataclass(frozen=True)
+class HpaMetric:
+    """A per-pod metric an HPA may scale on, and how the Prometheus adapter
+    computes it: `gauge` as is, `counter` as a per-second rate, `histogram` as
+    the average observation (sum / count)."""
+
+    name: str  # as the custom metrics API serves it: what an HPA names
+    series: str  # the Prometheus series (a histogram's base name)
+    type: Literal["gauge", "counter", "histogram"]
+
+
+# The metrics each known serving runtime's HPA may name; the first is the
+# default (the queue: requests waiting for the server).
+RUNTIME_HPA_METRICS: dict[str, tuple[HpaMetric, ...]] = {
+    "mlplatform": (HpaMetric("mlserve_inflight_requests", "mlserve_inflight_requests", "gauge"),),
+    "vllm": (
+        HpaMetric("vllm_num_requests_waiting", "vllm:num_requests_waiting", "gauge"),
+        HpaMetric("vllm_num_requests_running", "vllm:num_requests_running", "gauge"),
+        HpaMetric("vllm_kv_cache_usage_perc", "vllm:kv_cache_usage_perc", "gauge"),
+    ),
+    "triton": (
+        HpaMetric(
+            "nv_inference_pending_request_count", "nv_inference_pending_request_count", "gauge"
+        ),
+    ),
+}
+
 _HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
 
@@ -92,6 +159,7 @@ RUNTIME_SERIES: frozenset[str] = frozenset(
     | _series(contract.TRAIN_METRICS)
     | _series(contract.BATCH_METRICS)
 )
+SERVING_PRESET_SERIES: frozenset[str] = frozenset(_series(VLLM_METRICS) | _series(TRITON_METRICS))
 
 
 def dcgm_series(profiling: bool = True) -> frozenset[str]:
@@ -102,7 +170,7 @@ def dcgm_series(profiling: bool = True) -> frozenset[str]:
 
 def known_series(profiling: bool = True) -> frozenset[str]:
     """Every series name an expression of the platform may reference."""
-    return RUNTIME_SERIES | dcgm_series(profiling) | KUBE_STATE_METRICS
+    return RUNTIME_SERIES | SERVING_PRESET_SERIES | dcgm_series(profiling) | KUBE_STATE_METRICS
 
 
 def dcgm_counters_csv(profiling: bool = True) -> str:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +68,7 @@ COUNTERS_DIR = "/etc/dcgm-exporter/counters"
 MONITORING_API = "monitoring.coreos.com/v1"
 DASHBOARD_LABEL = "grafana_dashboard"
 WORKLOAD_KIND_LABEL = f"{catalog.LABEL_PREFIX}/workload-kind"
+RUNTIME_LABEL = f"{catalog.LABEL_PREFIX}/serving-runtime"
 # Labels the Job controller puts on a Job's pods (Kubernetes >= 1.27).
 JOB_NAME_POD_LABEL = "batch.kubernetes.io/job-name"
 COMPLETION_INDEX_POD_LABEL = "batch.kubernetes.io/job-completion-index"
@@ -99,6 +101,18 @@ class AlertThresholds(_Model):
         ge=5,
         description="Minutes a running batch shard may go without writing a record "
         "(model loading included) before `BatchShardStalled` fires.",
+    )
+    kv_cache_used_ratio: float = Field(
+        0.95,
+        gt=0,
+        le=1,
+        description="vLLM: KV-cache share that counts as full (requests get preempted).",
+    )
+    queue_backlog_per_pod: float = Field(
+        20,
+        gt=0,
+        description="vLLM and Triton: requests waiting per pod, on average over the "
+        "service's pods, that count as a backlog the autoscaler does not clear.",
     )
 
 
@@ -151,12 +165,18 @@ class MonitoringSettings(_Model):
 
 @dataclass(frozen=True)
 class InferenceTarget:
-    """An inference service the rules watch: where, which model, its latency SLO."""
+    """An inference service the rules watch: where, which model, its latency SLO,
+    which server (runtime) and where that server exports its metrics."""
 
     namespace: str
     name: str
     model: str
     latency_slo_seconds: float
+    runtime: str = "mlplatform"
+    metrics_port: str | None = "http"  # a container port name; None: not scraped
+    metrics_path: str | None = "/metrics"
+    ttft_slo_seconds: float = 2.0  # vllm: p95 time to first token
+    itl_slo_seconds: float = 0.1  # vllm: p95 inter-token latency
 
 
 @dataclass(frozen=True)
@@ -167,6 +187,8 @@ class MonitoringArgs:
     storage_class: str | None
     inference: list[InferenceTarget] = field(default_factory=list)
     node_groups: dict[str, int] = field(default_factory=dict)  # GPU node group -> maxSize
+    # The per-pod metrics the adapter serves to HPAs (None: the platform runtime's).
+    hpa_metrics: list[metric_catalog.HpaMetric] | None = None
 
 
 class Monitoring(pulumi.ComponentResource):
@@ -214,7 +236,12 @@ class Monitoring(pulumi.ComponentResource):
                 version=ADAPTER_CHART_VERSION,
                 repository_opts={"repo": CHART_REPO},
                 namespace=ns,
-                values=adapter_values(ns),
+                values=adapter_values(
+                    ns,
+                    args.hpa_metrics
+                    if args.hpa_metrics is not None
+                    else list(metric_catalog.RUNTIME_HPA_METRICS["mlplatform"]),
+                ),
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[stack]),
             )
             crd_deps.append(stack)
@@ -261,11 +288,42 @@ class Monitoring(pulumi.ComponentResource):
             ns,
             {
                 "namespaceSelector": {"matchNames": sorted(args.team_namespaces)},
-                "selector": {"matchLabels": {WORKLOAD_KIND_LABEL: "inference"}},
+                "selector": {
+                    "matchLabels": {WORKLOAD_KIND_LABEL: "inference", RUNTIME_LABEL: "mlplatform"}
+                },
                 "podMetricsEndpoints": [{"port": "http", "path": "/metrics", "interval": "15s"}],
             },
             cr_opts,
         )
+        # Other servers: one monitor each, on the port and path the service declares;
+        # `service` names the service on every series (their metrics carry no such label).
+        for t in args.inference:
+            if t.runtime == "mlplatform" or t.metrics_port is None:
+                continue
+            self._custom_resource(
+                f"{name}-inference-monitor-{t.namespace}-{t.name}",
+                "PodMonitor",
+                f"inference-{t.namespace}-{t.name}",
+                ns,
+                {
+                    "namespaceSelector": {"matchNames": [t.namespace]},
+                    "selector": {
+                        "matchLabels": {
+                            "app.kubernetes.io/instance": t.name,
+                            WORKLOAD_KIND_LABEL: "inference",
+                        }
+                    },
+                    "podMetricsEndpoints": [
+                        {
+                            "port": t.metrics_port,
+                            "path": t.metrics_path or "/metrics",
+                            "interval": "15s",
+                            "relabelings": [_pod_label_to("app.kubernetes.io/instance", "service")],
+                        }
+                    ],
+                },
+                cr_opts,
+            )
         self._custom_resource(
             f"{name}-training-monitor",
             "PodMonitor",
@@ -526,27 +584,39 @@ def stack_values(s: MonitoringSettings, storage_class: str | None) -> dict[str, 
     return values
 
 
-def adapter_values(namespace: str) -> dict[str, Any]:
-    """prometheus-adapter: serve the runtime's in-flight requests per pod as the
-    custom metric the InferenceService HPAs scale on."""
+def adapter_rule(metric: metric_catalog.HpaMetric) -> dict[str, Any]:
+    """The prometheus-adapter rule that serves `metric` per pod: a gauge as is,
+    a counter as a per-second rate, a histogram as the average observation."""
+    series = metric.series + ("_sum" if metric.type == "histogram" else "")
+    matchers = "{<<.LabelMatchers>>}"
+    if metric.type == "gauge":
+        query = f"sum(<<.Series>>{matchers}) by (<<.GroupBy>>)"
+    elif metric.type == "counter":
+        query = f"sum(rate(<<.Series>>{matchers}[2m])) by (<<.GroupBy>>)"
+    else:
+        query = (
+            f"sum(rate(<<.Series>>{matchers}[2m])) by (<<.GroupBy>>) / "
+            f"sum(rate({metric.series}_count{matchers}[2m])) by (<<.GroupBy>>)"
+        )
+    return {
+        "seriesQuery": f'{series}{{namespace!="",pod!=""}}',
+        "resources": {
+            "overrides": {
+                "namespace": {"resource": "namespace"},
+                "pod": {"resource": "pod"},
+            }
+        },
+        "name": {"matches": f"^{re.escape(series)}$", "as": metric.name},
+        "metricsQuery": query,
+    }
+
+
+def adapter_values(namespace: str, metrics: list[metric_catalog.HpaMetric]) -> dict[str, Any]:
+    """prometheus-adapter: serve each per-pod metric an InferenceService HPA may
+    name (the known runtimes' queue metrics and the custom servers' own)."""
     return {
         "prometheus": {"url": f"http://{STACK_CHART}-prometheus.{namespace}.svc", "port": 9090},
-        "rules": {
-            "default": False,
-            "custom": [
-                {
-                    "seriesQuery": 'mlserve_inflight_requests{namespace!="",pod!=""}',
-                    "resources": {
-                        "overrides": {
-                            "namespace": {"resource": "namespace"},
-                            "pod": {"resource": "pod"},
-                        }
-                    },
-                    "name": {"matches": "^(.*)$", "as": "${1}"},
-                    "metricsQuery": "sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)",
-                }
-            ],
-        },
+        "rules": {"default": False, "custom": [adapter_rule(m) for m in metrics]},
     }
 
 
@@ -648,6 +718,8 @@ def alert_groups(args: MonitoringArgs) -> list[dict[str, Any]]:
     ]
     inference = []
     for t in args.inference:
+        if t.runtime != "mlplatform":
+            continue  # the runtime server's metrics; other servers' below
         sel = f'namespace="{t.namespace}", model="{t.model}"'
         requests = f"rate(mlserve_requests_total{{{sel}}}[5m])"
         served = f'rate(mlserve_requests_total{{{sel}, code=~"2.."}}[5m])'
@@ -684,6 +756,11 @@ def alert_groups(args: MonitoringArgs) -> list[dict[str, Any]]:
                 owner,
             ),
         ]
+    for t in args.inference:
+        if t.runtime == "vllm":
+            inference += _vllm_alerts(r, a, t)
+        elif t.runtime == "triton":
+            inference += _triton_alerts(r, a, t)
     hpa = "namespace, horizontalpodautoscaler"
     inference.append(
         r.alert(
@@ -778,4 +855,115 @@ def alert_groups(args: MonitoringArgs) -> list[dict[str, Any]]:
         {"name": "mlplatform-inference", "rules": inference},
         {"name": "mlplatform-jobs", "rules": jobs},
         {"name": "mlplatform-capacity", "rules": capacity},
+    ]
+
+
+def _owner(t: InferenceTarget) -> dict[str, str]:
+    return {"namespace": t.namespace, "team": t.namespace, "service": t.name, "model": t.model}
+
+
+def _vllm_alerts(r: _Rules, a: AlertThresholds, t: InferenceTarget) -> list[dict[str, Any]]:
+    """vLLM's token latencies (p95 over the service's pods), KV cache and queue.
+    The service's PodMonitor puts `service` on every series."""
+    sel = f'namespace="{t.namespace}", service="{t.name}"'
+    by = "namespace, service"
+    where = f"{t.namespace}/{t.name}"
+
+    def p95(histogram: str) -> str:
+        return (
+            f"histogram_quantile({SERVED_QUANTILE:g}, sum by (le, {by}) "
+            f"(rate({histogram}_bucket{{{sel}}}[5m])))"
+        )
+
+    return [
+        r.alert(
+            "VllmTimeToFirstTokenOverSlo",
+            f"{p95('vllm:time_to_first_token_seconds')} > {t.ttft_slo_seconds:g}",
+            "10m",
+            "warning",
+            f"{where}: p95 time to first token over its {t.ttft_slo_seconds * 1000:g} ms SLO",
+            "Prompts wait before prefill: look at queue depth and KV-cache usage, scale out "
+            "(check the HPA) or lower maxModelLen.",
+            _owner(t),
+        ),
+        r.alert(
+            "VllmInterTokenLatencyOverSlo",
+            f"{p95('vllm:inter_token_latency_seconds')} > {t.itl_slo_seconds:g}",
+            "10m",
+            "warning",
+            f"{where}: p95 inter-token latency over its {t.itl_slo_seconds * 1000:g} ms SLO",
+            "Decoding is slow: too many sequences per GPU (batch too large), preemptions from "
+            "a full KV cache, or a throttled GPU.",
+            _owner(t),
+        ),
+        r.alert(
+            "VllmKvCacheNearlyFull",
+            f"max by ({by}, pod) (vllm:kv_cache_usage_perc{{{sel}}}) > {a.kv_cache_used_ratio:g}",
+            "15m",
+            "warning",
+            f"{where}: KV cache of pod {{{{ $labels.pod }}}} is "
+            "{{ $value | humanizePercentage }} full",
+            "vLLM preempts (and recomputes) running requests when the KV cache is full: "
+            "scale out, raise gpuMemoryUtilization or lower maxModelLen.",
+            _owner(t),
+        ),
+        r.alert(
+            "VllmQueueBacklog",
+            f"avg by ({by}) (vllm:num_requests_waiting{{{sel}}}) > {a.queue_backlog_per_pod:g}",
+            "15m",
+            "warning",
+            f"{where}: {{{{ $value }}}} requests waiting per pod",
+            "Requests queue for a slot in the batch: the HPA is at maxReplicas, GPUs for new "
+            "replicas are not there (pending pods), or the target is too high.",
+            _owner(t),
+        ),
+    ]
+
+
+def _triton_alerts(r: _Rules, a: AlertThresholds, t: InferenceTarget) -> list[dict[str, Any]]:
+    """Triton's request latency (its counters give the average, not a quantile),
+    failures and queue. The service's PodMonitor puts `service` on every series."""
+    sel = f'namespace="{t.namespace}", service="{t.name}"'
+    by = "namespace, service"
+    where = f"{t.namespace}/{t.name}"
+
+    def rate(counter: str) -> str:
+        return f"sum by ({by}) (rate({counter}{{{sel}}}[5m]))"
+
+    success = rate("nv_inference_request_success")
+    failure = rate("nv_inference_request_failure")
+    return [
+        r.alert(
+            "TritonLatencyOverSlo",
+            f"{rate('nv_inference_request_duration_us')} / {success} / 1e6 "
+            f"> {t.latency_slo_seconds:g}",
+            "10m",
+            "warning",
+            f"{where}: average request latency over its {t.latency_slo_seconds * 1000:g} ms SLO",
+            "Compare queue and compute time (nv_inference_queue_duration_us, "
+            "nv_inference_compute_infer_duration_us): queueing means scale out or tune dynamic "
+            "batching; compute means a slower model or a busy GPU.",
+            _owner(t),
+        ),
+        r.alert(
+            "TritonErrorRatio",
+            f"{failure} / ({failure} + {success}) > {a.inference_error_ratio:g}",
+            "10m",
+            "critical",
+            f"{where}: more than {a.inference_error_ratio:.0%} of requests fail",
+            "Triton counts failed inference requests per model: see the server's log for the "
+            "reason (bad inputs, a backend error, a model that failed to load).",
+            _owner(t),
+        ),
+        r.alert(
+            "TritonQueueBacklog",
+            f"avg by ({by}) (sum by ({by}, pod) (nv_inference_pending_request_count{{{sel}}})) "
+            f"> {a.queue_backlog_per_pod:g}",
+            "15m",
+            "warning",
+            f"{where}: {{{{ $value }}}} requests pending per pod",
+            "Requests wait in Triton's scheduler: the HPA is at maxReplicas, new replicas "
+            "cannot get GPUs, or the target is too high.",
+            _owner(t),
+        ),
     ]
