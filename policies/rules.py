@@ -1326,13 +1326,7 @@ def network_policy_enforced(
             yield res, "the vpc-cni add-on leaves NetworkPolicy enforcement off"
     if cfg.network_policy_enforced or any(_vpc_cni_enforces(res) for res in addons):
         return
-    team_namespaces = {
-        (res.props.get("metadata") or {}).get("name")
-        for res in resources
-        if res.is_kubernetes
-        and res.kind == "Namespace"
-        and catalog.TEAM_LABEL in (((res.props.get("metadata") or {}).get("labels")) or {})
-    }
+    team_namespaces = _team_namespaces(resources)
     isolated = sorted(
         {
             str(res.namespace)

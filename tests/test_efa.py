@@ -14,7 +14,7 @@ import yaml
 
 from infra import efa, instances
 from infra.efa import EfaPod, EfaSettings
-from tests.helpers import base_config, pod_spec, run
+from tests.helpers import base_config, pod_spec, preview, run
 from tools import preview as preview_cli
 from tools.offline import Run
 
@@ -548,3 +548,23 @@ def test_smoke_test_is_in_the_outputs_contract(efa_run: Run) -> None:
 
     outputs = StackOutputs.model_validate(efa_run.outputs)
     assert outputs.workloads["research/fabric-check"].kind == "nccl-test"
+
+
+def test_queued_smoke_test_is_one_suspended_kueue_workload() -> None:
+    """With queueing on, the fabric smoke test waits in its team's queue like a
+    distributed job: queue label, created suspended, all nodes admitted together."""
+    config = stack(DIST, NCCL, autoscaler="karpenter")
+    config["mlplatform:teams"] = [
+        {"name": "research", "quota": {"gpus": 32, "cpu": "256", "memory": "2Ti"}}
+    ]
+    config["mlplatform:queueing"] = {
+        "enabled": True,
+        "teams": {"research": {"h100": {"gpus": 32}}},
+    }
+    p = preview(config)
+    assert p.exit_code == 0, p.findings
+    for job in ("pretrain", "fabric-check"):
+        manifest = p.run.manifest("Job", job, "research")
+        assert manifest["spec"]["suspend"] is True
+        assert manifest["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "default"
+        assert manifest["spec"]["completions"] == manifest["spec"]["parallelism"] == 2

@@ -28,6 +28,7 @@ from the same spec for clusters that run the operator.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -136,6 +137,63 @@ def torchrun_args(spec: DistributedTrainingSpec, rendezvous_host: str) -> list[s
     ]
 
 
+def rendezvous_service(
+    name: str,
+    job_name: str,
+    labels: Mapping[str, str],
+    ctx: common.WorkloadContext,
+    parent: pulumi.Resource,
+) -> k8s.core.v1.Service:
+    """The headless Service that gives an Indexed Job's pods their DNS names:
+    rank 0 is `<job>-0.<job>`, where torchrun's c10d store listens."""
+    return k8s.core.v1.Service(
+        f"{name}-rendezvous",
+        metadata=meta.metadata(job_name, dict(labels), ctx.namespace),
+        spec={
+            "clusterIP": "None",
+            # Rank 0's DNS name must resolve before it is Ready: the ranks
+            # rendezvous long before any of them could pass a probe.
+            "publishNotReadyAddresses": True,
+            "selector": {JOB_NAME_LABEL: job_name},
+            "ports": [
+                {
+                    "name": "rendezvous",
+                    "port": contract.RENDEZVOUS_PORT,
+                    "targetPort": "rendezvous",
+                }
+            ],
+        },
+        opts=ctx.opts(parent),
+    )
+
+
+def indexed_job_spec(
+    nodes: int,
+    backoff_limit: int,
+    active_deadline_seconds: int | None,
+    ttl_seconds_after_finished: int | None,
+    container: str,
+    template: Mapping[str, Any],
+    ctx: common.WorkloadContext,
+) -> dict[str, Any]:
+    """The spec of a multi-node Indexed Job: one pod per node, any rank's crash
+    fails the whole Job (no rank waits on a dead peer), one Kueue workload."""
+    return {
+        "completionMode": "Indexed",
+        "completions": nodes,
+        "parallelism": nodes,
+        "backoffLimit": backoff_limit,
+        "activeDeadlineSeconds": active_deadline_seconds,
+        "ttlSecondsAfterFinished": ttl_seconds_after_finished,
+        "podFailurePolicy": pod_failure_policy(container, fail_job_on_any_crash=True),
+        # Never two pods with one index (and one hostname) at a time.
+        "podReplacementPolicy": "Failed",
+        "template": dict(template),
+        # One Kueue workload: all the ranks are admitted together.
+        **common.suspended(ctx),
+    }
+
+
 @dataclass(frozen=True)
 class DistributedTrainingArgs:
     spec: DistributedTrainingSpec
@@ -197,42 +255,19 @@ class DistributedTraining(pulumi.ComponentResource):
                 args.efa, self._container(spec, ctx, command, cargs, env, mounts, rendezvous=True)
             )
             template = common.pod_spec(spec, ctx, labels, [container], subdomain=spec.name, **pods)
-            self.service = k8s.core.v1.Service(
-                f"{name}-rendezvous",
-                metadata=meta.metadata(spec.name, labels, ctx.namespace),
-                spec={
-                    "clusterIP": "None",
-                    # Rank 0's DNS name must resolve before it is Ready: the ranks
-                    # rendezvous long before any of them could pass a probe.
-                    "publishNotReadyAddresses": True,
-                    "selector": {JOB_NAME_LABEL: spec.name},
-                    "ports": [
-                        {
-                            "name": "rendezvous",
-                            "port": contract.RENDEZVOUS_PORT,
-                            "targetPort": "rendezvous",
-                        }
-                    ],
-                },
-                opts=ctx.opts(self),
-            )
+            self.service = rendezvous_service(name, spec.name, labels, ctx, self)
             self.job: Any = k8s.batch.v1.Job(
                 f"{name}-job",
                 metadata=common.object_metadata(spec, ctx, labels),
-                spec={
-                    "completionMode": "Indexed",
-                    "completions": spec.nodes,
-                    "parallelism": spec.nodes,
-                    "backoffLimit": spec.backoff_limit,
-                    "activeDeadlineSeconds": spec.active_deadline_seconds,
-                    "ttlSecondsAfterFinished": spec.ttl_seconds_after_finished,
-                    "podFailurePolicy": pod_failure_policy(TRAINER, fail_job_on_any_crash=True),
-                    # Never two pods with one index (and one hostname) at a time.
-                    "podReplacementPolicy": "Failed",
-                    "template": template,
-                    # One Kueue workload: all the ranks are admitted together.
-                    **common.suspended(ctx),
-                },
+                spec=indexed_job_spec(
+                    spec.nodes,
+                    spec.backoff_limit,
+                    spec.active_deadline_seconds,
+                    spec.ttl_seconds_after_finished,
+                    TRAINER,
+                    template,
+                    ctx,
+                ),
                 opts=replace,
             )
         else:

@@ -25,7 +25,7 @@ the threshold.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -35,8 +35,8 @@ from infra import efa, meta, pod, scheduling
 from infra.config_types import PriorityClassName
 from infra.efa import EfaPod
 from workloads import common
+from workloads.distributed import indexed_job_spec, rendezvous_service
 from workloads.runtime import contract
-from workloads.training import JOB_NAME_LABEL, pod_failure_policy
 
 CONTAINER = "nccl-test"
 
@@ -164,35 +164,16 @@ class NcclTest(pulumi.ComponentResource):
             pod_affinity=scheduling.same_zone_affinity(meta.selector(labels)),
             annotations=efa.pod_annotations(args.efa),
         )
-        self.service = k8s.core.v1.Service(
-            f"{name}-rendezvous",
-            metadata=meta.metadata(spec.name, labels, ctx.namespace),
-            spec={
-                "clusterIP": "None",
-                "publishNotReadyAddresses": True,
-                "selector": {JOB_NAME_LABEL: spec.name},
-                "ports": [
-                    {
-                        "name": "rendezvous",
-                        "port": contract.RENDEZVOUS_PORT,
-                        "targetPort": "rendezvous",
-                    }
-                ],
-            },
-            opts=ctx.opts(self),
+        self.service = rendezvous_service(name, spec.name, labels, ctx, self)
+        job_spec = indexed_job_spec(
+            spec.nodes,
+            0,  # a measurement: a failure is the answer, not something to retry
+            spec.active_deadline_seconds,
+            spec.ttl_seconds_after_finished,
+            CONTAINER,
+            template,
+            ctx,
         )
-        job_spec: dict[str, Any] = {
-            "completionMode": "Indexed",
-            "completions": spec.nodes,
-            "parallelism": spec.nodes,
-            # A measurement: a failure is the answer, not something to retry.
-            "backoffLimit": 0,
-            "activeDeadlineSeconds": spec.active_deadline_seconds,
-            "ttlSecondsAfterFinished": spec.ttl_seconds_after_finished,
-            "podFailurePolicy": pod_failure_policy(CONTAINER, fail_job_on_any_crash=True),
-            "podReplacementPolicy": "Failed",
-            "template": template,
-        }
         self.job = k8s.batch.v1.Job(
             f"{name}-job",
             metadata=common.object_metadata(spec, ctx, labels),
