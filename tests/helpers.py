@@ -55,6 +55,23 @@ def preview_cli(
     return preview_main(argv), tmp_path / "build" / stack
 
 
+def assert_config_error(
+    tmp_path: Path, capsys: Any, config: dict[str, Any], key_path: str, words: str
+) -> None:
+    """The preview CLI refuses `config` as a user sees it: exit 2, a line
+    `<key_path>: ...` that says `words`, no traceback, nothing written."""
+    code, out_dir = preview_cli(tmp_path, config, stack="bad")
+    err = capsys.readouterr().err
+    assert code == 2, err
+    matching = [
+        line.strip() for line in err.splitlines() if line.strip().startswith(f"{key_path}:")
+    ]
+    assert matching, f"no line for {key_path} in:\n{err}"
+    assert any(words in line for line in matching), err
+    assert "Traceback" not in err
+    assert not out_dir.exists(), "nothing is written for an invalid config"
+
+
 def pod_spec(manifest: dict[str, Any]) -> dict[str, Any]:
     """The pod spec inside a Deployment/DaemonSet/Job/CronJob manifest."""
     spec = manifest["spec"]

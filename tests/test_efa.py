@@ -14,8 +14,7 @@ import yaml
 
 from infra import efa, instances
 from infra.efa import EfaPod, EfaSettings
-from tests.helpers import base_config, pod_spec, preview, run
-from tools import preview as preview_cli
+from tests.helpers import assert_config_error, base_config, pod_spec, preview, run
 from tools.offline import Run
 
 P5 = {
@@ -531,16 +530,7 @@ def test_bad_efa_config_exits_2_naming_the_key(
     config = stack()
     for key, value in overrides.items():
         config[f"mlplatform:{key}"] = value
-    path = tmp_path / "Pulumi.bad.yaml"
-    path.write_text(yaml.safe_dump({"config": config}))
-    code = preview_cli.main(
-        ["--stack", "bad", "--stack-file", str(path), "--out", str(tmp_path / "build")]
-    )
-    err = capsys.readouterr().err
-    assert code == 2, err
-    matching = [line.strip() for line in err.splitlines() if line.strip().startswith(key_path)]
-    assert any(words in line for line in matching), err
-    assert "Traceback" not in err
+    assert_config_error(tmp_path, capsys, config, key_path, words)
 
 
 def test_smoke_test_is_in_the_outputs_contract(efa_run: Run) -> None:

@@ -15,7 +15,7 @@ import yaml
 from infra import pod
 from policies import rules
 from policies.rules import PolicyConfig, Resource
-from tests.helpers import base_config, pod_spec, run
+from tests.helpers import assert_config_error, base_config, pod_spec, run
 from tools import preview as preview_cli
 from tools.offline import Run
 
@@ -992,20 +992,7 @@ def test_bad_config(
     key_path: str,
     words: str,
 ) -> None:
-    config = stack(workload, **overrides)
-    path = tmp_path / "Pulumi.bad.yaml"
-    path.write_text(yaml.safe_dump({"config": config}))
-    code = preview_cli.main(
-        ["--stack", "bad", "--stack-file", str(path), "--out", str(tmp_path / "b")]
-    )
-    err = capsys.readouterr().err
-    assert code == 2, err
-    matching = [
-        line.strip() for line in err.splitlines() if line.strip().startswith(f"{key_path}:")
-    ]
-    assert matching, f"no line for {key_path}:\n{err}"
-    assert any(words in line for line in matching), err
-    assert "Traceback" not in err
+    assert_config_error(tmp_path, capsys, stack(workload, **overrides), key_path, words)
 
 
 def test_a_volume_without_mount_path_is_only_where_listed() -> None:
@@ -1170,16 +1157,7 @@ def test_bad_pool_config(
     words: str,
 ) -> None:
     config = stack(workload, gpuNodeGroups=groups, teams=[{"name": "ml", "quota": {"gpus": 4}}])
-    path = tmp_path / "Pulumi.bad.yaml"
-    path.write_text(yaml.safe_dump({"config": config}))
-    code = preview_cli.main(
-        ["--stack", "bad", "--stack-file", str(path), "--out", str(tmp_path / "b")]
-    )
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = [line.strip() for line in err.splitlines() if line.strip().startswith(f"{key_path}:")]
-    assert any(words in line for line in lines), err
-    assert "Traceback" not in err
+    assert_config_error(tmp_path, capsys, config, key_path, words)
 
 
 def test_multi_gpu_pod_kept_off_the_sliced_pool_is_fine() -> None:

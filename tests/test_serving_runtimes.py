@@ -8,11 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from tests.helpers import pod_spec, run
+from tests.helpers import assert_config_error, pod_spec, run
 from tests.test_workloads import ROLE, stack
-from tools import preview as preview_cli
 from tools.offline import Run
 from workloads import serving
 
@@ -386,16 +384,7 @@ def test_bad_runtime_config(
     key_path: str,
     words: str,
 ) -> None:
-    path = tmp_path / "Pulumi.bad.yaml"
-    path.write_text(yaml.safe_dump({"config": stack(workload)}))
-    code = preview_cli.main(
-        ["--stack", "bad", "--stack-file", str(path), "--out", str(tmp_path / "b")]
-    )
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = [line.strip() for line in err.splitlines() if line.strip().startswith(f"{key_path}:")]
-    assert any(words in line for line in lines), err
-    assert "Traceback" not in err
+    assert_config_error(tmp_path, capsys, stack(workload), key_path, words)
 
 
 def test_one_metric_name_is_served_one_way() -> None:

@@ -16,8 +16,7 @@ import yaml
 from infra.config_types import ConfigError
 from mlplatform.loading import load_settings
 from mlplatform.settings import PlatformSettings
-from tests.helpers import base_config
-from tools import preview as preview_cli
+from tests.helpers import assert_config_error, base_config
 from tools.mocks import PlatformMocks, RecordingMonitor
 from tools.offline import ROOT, run_program
 
@@ -259,18 +258,7 @@ def test_bad_config_exits_2_naming_the_key(
     key_path: str,
     words: str,
 ) -> None:
-    stack = _write_stack(tmp_path, _config(overrides))
-    code = preview_cli.main(
-        ["--stack", "bad", "--stack-file", str(stack), "--out", str(tmp_path / "build")]
-    )
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = [line.strip() for line in err.splitlines()]
-    matching = [line for line in lines if line.startswith(f"{key_path}:")]
-    assert matching, f"no line for {key_path} in:\n{err}"
-    assert any(words in line for line in matching), err
-    assert "Traceback" not in err
-    assert not (tmp_path / "build").exists(), "nothing is written for an invalid config"
+    assert_config_error(tmp_path, capsys, _config(overrides), key_path, words)
 
 
 def test_every_problem_is_reported_at_once() -> None:

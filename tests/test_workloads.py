@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helpers import base_config, pod_spec, run
+from tests.helpers import assert_config_error, base_config, pod_spec, run
 from tools import preview as preview_cli
 from tools.offline import Run
 from workloads import cron
@@ -626,20 +626,7 @@ def test_bad_workload_config(
     key_path: str,
     words: str,
 ) -> None:
-    config = stack(workload, **overrides)
-    path = tmp_path / "Pulumi.bad.yaml"
-    path.write_text(yaml.safe_dump({"config": config}))
-    code = preview_cli.main(
-        ["--stack", "bad", "--stack-file", str(path), "--out", str(tmp_path / "b")]
-    )
-    err = capsys.readouterr().err
-    assert code == 2, err
-    matching = [
-        line.strip() for line in err.splitlines() if line.strip().startswith(f"{key_path}:")
-    ]
-    assert matching, f"no line for {key_path}:\n{err}"
-    assert any(words in line for line in matching), err
-    assert "Traceback" not in err
+    assert_config_error(tmp_path, capsys, stack(workload, **overrides), key_path, words)
 
 
 def test_duplicate_workload_names_in_a_team() -> None:
