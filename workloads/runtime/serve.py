@@ -98,6 +98,28 @@ class Reject(Exception):
         self.status, self.message, self.close, self.headers = status, message, close, headers
 
 
+class _ProtocolErrorsAsOneLine(logging.Filter):
+    """aiohttp logs a malformed HTTP message (bad chunking, bad header) as an ERROR
+    with a traceback; it is a client's mistake, already answered 400: one INFO line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = (
+                f"{record.getMessage()}: malformed HTTP request ({exc.code}): {exc.message}"
+            )
+            record.args = ()
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+def _quiet_protocol_errors() -> None:
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _ProtocolErrorsAsOneLine) for f in server_log.filters):
+        server_log.addFilter(_ProtocolErrorsAsOneLine())
+
+
 class ServeMetrics:
     """Exactly the contract.SERVE_METRICS names, in a registry per server."""
 
@@ -380,6 +402,7 @@ class InferenceServer:
         self.ready = False
         self.draining = False
         self.inflight_metric = self.metrics.inflight.labels(model_name)
+        _quiet_protocol_errors()
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.app = web.Application(
             middlewares=[self._json_errors], client_max_size=max_request_bytes
@@ -642,7 +665,7 @@ class InferenceServer:
             decoded = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
             hint = ""
-            if header_length is None and ("UTF-8" in str(exc) or "trailing" in str(exc)):
+            if header_length is None and ("UTF-8" in str(exc) or "after document" in str(exc)):
                 hint = f" (binary tensor data needs the {BINARY_HEADER} header)"
             raise InputError(f"request body is not valid JSON: {exc}{hint}") from None
         if not isinstance(decoded, dict):
