@@ -37,10 +37,10 @@ class SlowPredictor:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    def predict(self, samples: list[Sample]) -> list[Outputs]:
+    def predict_batch(self, samples: list[Sample]) -> Outputs:
         time.sleep(self.delay)
         self.batches.append(sum(s.rows for s in samples))
-        return self.inner.predict(samples)
+        return self.inner.predict_batch(samples)
 
 
 @asynccontextmanager

@@ -281,9 +281,13 @@ HUGE = 1e39  # beyond FP32's largest finite value, 3.4028235e38
 @pytest.mark.parametrize(
     ("path", "body", "message"),
     [
-        (INFER, mlp_v2([[HUGE] + [0.0] * 15]), "value at index [0, 0] is inf as FP32"),
-        (INFER, mlp_v2([[0.0] * 15 + [-HUGE]]), "value at index [0, 15] is -inf as FP32"),
-        (PREDICT, {"instances": [GOOD[0], [0.0] * 3 + [10**40] + [0.0] * 12]}, "[1, 3] is inf"),
+        (INFER, mlp_v2([[HUGE] + [0.0] * 15]), "data: value at index 0 is inf as FP32"),
+        (INFER, mlp_v2([[0.0] * 15 + [-HUGE]]), "data: value at index 15 is -inf as FP32"),
+        (
+            PREDICT,
+            {"instances": [GOOD[0], [0.0] * 3 + [10**40] + [0.0] * 12]},
+            "instances[1]: value at index 3 is inf",
+        ),
         (
             INFER,
             {
@@ -291,7 +295,7 @@ HUGE = 1e39  # beyond FP32's largest finite value, 3.4028235e38
                     {"name": "input", "shape": [1, 16], "datatype": "FP32", "data": [[HUGE] * 16]}
                 ]
             },
-            "within the FP32 range",
+            "value at index [0, 0] is inf as FP32; inputs must be finite numbers within the FP32",
         ),
         (INFER, mlp_v2([[True] + [0.0] * 15]), "data holds JSON booleans (true/false)"),
         (PREDICT, {"instances": [[0.0] * 15 + [False]]}, "instances[0] holds JSON booleans"),

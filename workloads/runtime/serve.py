@@ -29,6 +29,7 @@ requests in flight finish, exit 0.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import logging
@@ -40,6 +41,7 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -60,13 +62,12 @@ from .common import CliParser, UsageError, run_cli
 from .contract import EXIT_OK, HEALTH_LIVE_PATH, HEALTH_READY_PATH, METRICS_PATH, SERVE_PORT
 from .device import DEVICE_CHOICES, configure_cpu_threads, select_device
 from .inference import (
+    RAW_TYPECODES,
     InputError,
     Outputs,
     Predictor,
     RawData,
     Sample,
-    output_rows,
-    tensor_bytes,
 )
 from .models import read_export_config
 
@@ -156,9 +157,11 @@ class ServeMetrics:
 
 @dataclass
 class Result:
-    """One request's outputs, and the first floating output holding NaN/Inf, if any."""
+    """One request's outputs as Python lists (rows), and the first floating
+    output holding NaN/Inf in its rows, if any."""
 
-    outputs: Outputs
+    rows: dict[str, list[Any]]
+    shapes: dict[str, list[int]]
     nonfinite: str | None = None
 
 
@@ -169,24 +172,37 @@ class _Pending:
     gone: Callable[[], bool] = field(repr=False)
 
 
-def _nonfinite_outputs(results: list[Outputs]) -> list[str | None]:
-    """Per request: the first floating output with a NaN or Inf, else None.
+def split_results(outputs: Outputs, sizes: list[int]) -> list[Result]:
+    """A batch's outputs as per-request Python lists, NaN/Inf flagged per request.
 
-    One check over the whole batch per output; per-request checks only when
-    that finds something (the common case costs a few tensor ops per batch).
+    Runs in the inference thread: a few tensor calls per batch (tolist, one
+    finiteness check per floating output), so the event loop makes none
+    (each torch call releases the GIL, and on a busy loop taking it back
+    behind the inference thread costs more than the call itself).
     """
-    found: list[str | None] = [None] * len(results)
-    if not results:
-        return found
-    for name, first in results[0].items():
-        if not first.is_floating_point():
+    total = sum(sizes)
+    columns = {name: tensor.tolist() for name, tensor in outputs.items()}
+    tails = {name: list(tensor.shape[1:]) for name, tensor in outputs.items()}
+    flags: list[str | None] = [None] * total
+    for name, tensor in outputs.items():
+        if not tensor.is_floating_point() or total == 0:
             continue
-        if bool(torch.isfinite(torch.cat([r[name].reshape(-1) for r in results])).all()):
-            continue
-        for i, outputs in enumerate(results):
-            if found[i] is None and not bool(torch.isfinite(outputs[name]).all()):
-                found[i] = name
-    return found
+        finite = torch.isfinite(tensor).reshape(total, -1).all(dim=1)
+        if not bool(finite.all()):
+            for row in (~finite).nonzero().flatten().tolist():
+                flags[row] = flags[row] or name
+    results, start = [], 0
+    for size in sizes:
+        end = start + size
+        results.append(
+            Result(
+                {name: column[start:end] for name, column in columns.items()},
+                {name: [size, *tail] for name, tail in tails.items()},
+                next((flag for flag in flags[start:end] if flag is not None), None),
+            )
+        )
+        start = end
+    return results
 
 
 class DynamicBatcher:
@@ -324,10 +340,9 @@ class DynamicBatcher:
         return batch
 
     def _forward(self, samples: list[Sample]) -> list[Result]:
-        """One forward pass, outputs checked for NaN/Inf."""
-        results = self.predictor.predict(samples)
-        flags = _nonfinite_outputs(results)
-        return [Result(outputs, flag) for outputs, flag in zip(results, flags, strict=True)]
+        """One forward pass; per-request outputs as lists, checked for NaN/Inf."""
+        outputs = self.predictor.predict_batch(samples)
+        return split_results(outputs, [sample.rows for sample in samples])
 
     def _post(self, callback: Callable[..., None], *args: Any) -> None:
         assert self._loop is not None
@@ -619,8 +634,13 @@ class InferenceServer:
                 f"and the model's weights)",
             )
         if protocol == "v1":
-            return _json({"predictions": output_rows(result.outputs)})
-        return self._v2_response(result.outputs, parsed)
+            names = list(result.rows)
+            predictions = [
+                dict(zip(names, values, strict=True))
+                for values in zip(*result.rows.values(), strict=True)
+            ]
+            return _json({"predictions": predictions})
+        return self._v2_response(result, parsed)
 
     async def _read_body(self, request: web.Request) -> bytearray:
         """The request body, at most --max-request-bytes, within --read-timeout-s."""
@@ -739,21 +759,22 @@ class InferenceServer:
             )
         return wanted
 
-    def _v2_response(self, outputs: Outputs, parsed: Request) -> web.Response:
+    def _v2_response(self, result: Result, parsed: Request) -> web.Response:
         tensors, blobs = [], []
         for name, as_binary in parsed.outputs:
-            tensor = outputs[name]
-            entry: dict[str, Any] = {
-                "name": name,
-                "datatype": self.output_types[name],
-                "shape": list(tensor.shape),
-            }
+            rows, shape = result.rows[name], result.shapes[name]
+            flat = list(chain.from_iterable(rows)) if len(shape) > 1 else rows
+            datatype = self.output_types[name]
+            entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": shape}
             if as_binary:
-                blob = tensor_bytes(tensor)
+                values = array.array(RAW_TYPECODES[datatype], flat)
+                if sys.byteorder != "little":  # the extension's bytes are little-endian
+                    values.byteswap()
+                blob = values.tobytes()
                 entry["parameters"] = {"binary_data_size": len(blob)}
                 blobs.append(blob)
             else:
-                entry["data"] = tensor.flatten().tolist()
+                entry["data"] = flat
             tensors.append(entry)
         header = orjson.dumps(
             {
