@@ -81,6 +81,11 @@ MODEL_VERSION = "1"
 BINARY_HEADER = "Inference-Header-Content-Length"
 EXTENSIONS = ["binary_tensor_data"]
 CLIENT_CLOSED = 499  # status counted for a client that disconnected (nginx's convention)
+# The inference thread takes the GIL back after each torch op of a forward pass;
+# with CPython's default 5 ms switch interval it could wait that long behind the
+# busy event loop each time. 0.5 ms: same throughput, p99 down a third (64
+# clients, 6 interleaved pairs on a shared 2-core machine: median 84 vs 125 ms).
+GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 class Overloaded(Exception):
@@ -899,6 +904,7 @@ def parse_args(argv: Sequence[str] | None) -> Any:
 
 
 async def serve(args: Any) -> int:
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     device = select_device(args.device)
     if device.type == "cpu":
         # One core stays with the event loop: JSON and HTTP are half the work.
