@@ -58,14 +58,20 @@ class TensorSpec:
 
 @dataclass
 class Sample:
-    """One request's rows: inputs [rows, ...] and, for token rows, their lengths."""
+    """One request's rows: inputs [rows, ...] and, for token rows, their lengths.
+
+    MLP inputs are kept flat, [rows * in_features] with `count` rows: the
+    forward pass shapes the whole batch at once, so parsing a request makes
+    no reshaping torch call on the event loop.
+    """
 
     inputs: torch.Tensor
     lengths: torch.Tensor | None = None
+    count: int | None = None
 
     @property
     def rows(self) -> int:
-        return int(self.inputs.shape[0])
+        return self.count if self.count is not None else int(self.inputs.shape[0])
 
 
 Outputs = dict[str, torch.Tensor]
@@ -249,7 +255,7 @@ class Predictor:
                 f"input {INPUT_NAME!r} has {values.numel()} values but shape {shape} "
                 f"needs {math.prod(shape)}"
             )
-        return self._sample([values.reshape(shape)], f"input {INPUT_NAME!r}")
+        return self._sample_v2(values, shape, f"input {INPUT_NAME!r}")
 
     def parse_instances(self, instances: Any, may_hold_booleans: bool = True) -> Sample:
         """Validate the `instances` field of a v1 predict request (a list of rows)."""
@@ -258,13 +264,22 @@ class Predictor:
         rows = []
         for i, row in enumerate(instances):
             tensor = _to_tensor(row, f"instances[{i}]", self._integer, may_hold_booleans)
-            rows.append(tensor.reshape(1, -1))
-        return self._sample(rows, "instances")
+            rows.append(tensor if tensor.dim() == 1 else tensor.reshape(-1))
+        return self._sample_rows(rows, "instances")
 
     _integer = False
 
     def _sample(self, rows: list[torch.Tensor], where: str) -> Sample:
+        """A Sample from 2-D tensors of rows."""
         raise NotImplementedError
+
+    def _sample_v2(self, values: torch.Tensor, shape: list[int], where: str) -> Sample:
+        """A Sample from a v2 input's values (flat or nested) and its checked shape."""
+        return self._sample([values.reshape(shape)], where)
+
+    def _sample_rows(self, rows: list[torch.Tensor], where: str) -> Sample:
+        """A Sample from v1 instances, each a 1-D row."""
+        return self._sample([row.reshape(1, -1) for row in rows], where)
 
     def example(self, rows: int) -> Sample:
         """A valid input of `rows` rows, for warm-up passes."""
@@ -304,24 +319,36 @@ class MLPPredictor(Predictor):
             TensorSpec("label", "INT64", (-1,)),
         ]
 
-    def _sample(self, rows: list[torch.Tensor], where: str) -> Sample:
+    def _check_width(self, features: int, where: str) -> None:
         width = self.config.in_features
+        if features != width:
+            raise InputError(
+                f"{where}: rows have {features} features; this model expects "
+                f"{width} (shape [-1, {width}])"
+            )
+
+    def _sample(self, rows: list[torch.Tensor], where: str) -> Sample:
         for row in rows:
-            if row.shape[1] != width:
-                raise InputError(
-                    f"{where}: rows have {row.shape[1]} features; this model expects "
-                    f"{width} (shape [-1, {width}])"
-                )
-        inputs = rows[0] if len(rows) == 1 else torch.cat(rows)  # skip a copy per request
-        if inputs.dtype != torch.float32:
-            inputs = inputs.to(torch.float32)
-        return Sample(inputs)
+            self._check_width(row.shape[1], where)
+        return self._sample_rows([row.reshape(-1) for row in rows], where)
+
+    def _sample_v2(self, values: torch.Tensor, shape: list[int], where: str) -> Sample:
+        self._check_width(shape[1], where)
+        flat = values if values.dim() == 1 else values.reshape(-1)
+        return Sample(flat if flat.dtype == torch.float32 else flat.float(), count=shape[0])
+
+    def _sample_rows(self, rows: list[torch.Tensor], where: str) -> Sample:
+        for row in rows:
+            self._check_width(row.shape[0], where)
+        flat = rows[0] if len(rows) == 1 else torch.cat(rows)  # skip a copy per request
+        return Sample(flat if flat.dtype == torch.float32 else flat.float(), count=len(rows))
 
     def example(self, rows: int) -> Sample:
-        return Sample(torch.zeros(rows, self.config.in_features))
+        return Sample(torch.zeros(rows * self.config.in_features), count=rows)
 
     def _forward(self, samples: list[Sample]) -> Outputs:
-        inputs = torch.cat([s.inputs for s in samples]).to(self.device, non_blocking=True)
+        flat = torch.cat([s.inputs.reshape(-1) if s.count is None else s.inputs for s in samples])
+        inputs = flat.view(-1, self.config.in_features).to(self.device, non_blocking=True)
         logits = self.model(inputs)
         return {"logits": logits, "label": logits.argmax(dim=-1)}
 
