@@ -311,6 +311,18 @@ def main() -> int:
                 checks[f"{f}: batching_p99_not_worse_than_{key}"] = (
                     batching["p99_ms"] <= rival["p99_ms"]
                 )
+                # The same ratio within each round (servers measured minutes apart,
+                # not hours): less sensitive to load that comes and goes.
+                per_round = [
+                    round(ours["throughput_rps"] / theirs["throughput_rps"], 2)
+                    for ours, theirs in zip(cells[(BATCHING, f)], cells[(other, f)], strict=True)
+                    if ours.get("ok") and theirs.get("ok")
+                ]
+                if per_round:
+                    checks[f"{f}: batching_vs_{key}_throughput_per_round"] = per_round
+                    checks[f"{f}: batching_vs_{key}_throughput_median_of_rounds"] = round(
+                        statistics.median(per_round), 2
+                    )
     result = {
         "benchmark": "serve",
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
