@@ -297,13 +297,21 @@ class Predictor:
         """One forward pass over all samples; the outputs of all their rows (CPU, fp32)."""
         with torch.inference_mode(), autocast(self.device):
             outputs = self._forward(samples)
-        return {
-            name: t.float().cpu() if t.is_floating_point() else t.cpu()
-            for name, t in outputs.items()
-        }
+        return {name: _on_cpu(t) for name, t in outputs.items()}
 
     def _forward(self, samples: list[Sample]) -> Outputs:
         raise NotImplementedError
+
+
+def _on_cpu(tensor: torch.Tensor) -> torch.Tensor:
+    """On the CPU, floating outputs as FP32; no call when already so.
+
+    Every torch call releases the GIL and must take it back, which behind
+    serve.py's busy event loop costs far more than a no-op call itself.
+    """
+    if tensor.is_floating_point() and tensor.dtype != torch.float32:
+        tensor = tensor.float()
+    return tensor if tensor.device.type == "cpu" else tensor.cpu()
 
 
 class MLPPredictor(Predictor):
@@ -348,7 +356,9 @@ class MLPPredictor(Predictor):
 
     def _forward(self, samples: list[Sample]) -> Outputs:
         flat = torch.cat([s.inputs.reshape(-1) if s.count is None else s.inputs for s in samples])
-        inputs = flat.view(-1, self.config.in_features).to(self.device, non_blocking=True)
+        inputs = flat.view(-1, self.config.in_features)
+        if inputs.device != self.device:
+            inputs = inputs.to(self.device, non_blocking=True)
         logits = self.model(inputs)
         return {"logits": logits, "label": logits.argmax(dim=-1)}
 
