@@ -180,8 +180,16 @@ class _Pending:
 
 
 def _finite(row: Any) -> bool:
-    """A row of floats (or one float) holds no NaN/Inf: their sum is finite exactly then."""
-    return math.isfinite(sum(row) if isinstance(row, list) else row)
+    """A row (nested lists of floats, or one float) holds no NaN/Inf.
+
+    A sum of floats is finite exactly when every one is (in double precision,
+    float32 values cannot overflow it).
+    """
+    if not isinstance(row, list):
+        return math.isfinite(row)
+    if row and isinstance(row[0], list):
+        return all(map(_finite, row))
+    return math.isfinite(sum(row))
 
 
 def split_results(outputs: Outputs, sizes: list[int]) -> list[Result]:
