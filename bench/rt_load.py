@@ -95,7 +95,13 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def closed_loop(
-    url: str, payload: bytes, *, concurrency: int, duration_s: float, warmup_s: float
+    url: str,
+    payload: bytes,
+    *,
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
+    headers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """`concurrency` clients, each sending its next request as the last one returns.
 
@@ -108,7 +114,7 @@ async def closed_loop(
     start = time.perf_counter()
     measure_from = start + warmup_s
     stop_at = measure_from + duration_s
-    headers = {"Content-Type": "application/json"}
+    headers = headers or {"Content-Type": "application/json"}
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=60)
 

@@ -37,10 +37,10 @@ class SlowPredictor:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    def predict(self, samples: list[Sample]) -> list[Outputs]:
+    def predict_batch(self, samples: list[Sample]) -> Outputs:
         time.sleep(self.delay)
         self.batches.append(sum(s.rows for s in samples))
-        return self.inner.predict(samples)
+        return self.inner.predict_batch(samples)
 
 
 @asynccontextmanager
@@ -467,7 +467,21 @@ def test_sigterm_drains_and_exits_0(tmp_path: Path, background: list[Running]) -
                 return result
 
             inflight = [asyncio.create_task(request()) for _ in range(16)]
-            await asyncio.sleep(0.15)
+            # SIGTERM once the server has received all 16 (on a busy machine the
+            # client may still be encoding the last bodies after a fixed sleep).
+            for _ in range(1000):
+                _, metrics, _ = await call(s, "GET", base + "/metrics")
+                values = dict(
+                    line.rsplit(" ", 1) for line in metrics.splitlines() if line[0] != "#"
+                )
+                done = float(
+                    values.get('mlserve_requests_total{code="200",model="big",protocol="v1"}', 0)
+                )
+                if done + float(values['mlserve_inflight_requests{model="big"}']) >= 16:
+                    break
+                await asyncio.sleep(0.005)
+            else:
+                raise AssertionError("the server never received the 16 requests")
             server.signal(signal.SIGTERM)
             signalled = time.monotonic()
             await asyncio.sleep(0.1)
