@@ -18,7 +18,7 @@ from infra.gpu_nodes import node_labels
 from infra.queueing import CHART, CHART_VERSION, LOCAL_QUEUE
 from mlplatform.loading import load_settings
 from policies import queue_sim
-from tests.helpers import base_config, pod_spec, preview, preview_cli
+from tests.helpers import assert_config_error, base_config, pod_spec, preview, preview_cli
 from tools.offline import read_stack_config, stack_file
 from tools.policy import resources
 from tools.result import Preview
@@ -487,13 +487,7 @@ def test_bad_queueing_config_exits_2_naming_the_key(
     key_path: str,
     words: str,
 ) -> None:
-    code, out = preview_cli(tmp_path, queued_config(**overrides))
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert any(
-        line.strip().startswith(f"{key_path}:") and words in line for line in err.splitlines()
-    ), err
-    assert not out.exists()
+    assert_config_error(tmp_path, capsys, queued_config(**overrides), key_path, words)
 
 
 def _with_queue(queue: str, index: int = 0, **queueing: Any) -> dict[str, Any]:
