@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import pulumi
-import pulumi_kubernetes as k8s
 from pydantic import Field, model_validator
 
 from infra import pod
@@ -210,24 +209,7 @@ class BatchInference(pulumi.ComponentResource):
             "template": template,
             **common.suspended(ctx),
         }
-        metadata = common.object_metadata(spec, ctx, labels)
-        if spec.schedule:
-            self.job: k8s.batch.v1.Job | k8s.batch.v1.CronJob = k8s.batch.v1.CronJob(
-                f"{name}-cronjob",
-                metadata=metadata,
-                # Kueue reads the queue label on each Job the CronJob creates.
-                spec=common.cron_job_spec(
-                    spec, job_spec, {**labels, **common.queue_labels(spec, ctx)}
-                ),
-                opts=ctx.opts(self, sa),
-            )
-        else:
-            self.job = k8s.batch.v1.Job(
-                f"{name}-job",
-                metadata=metadata,
-                spec=job_spec,
-                opts=ctx.opts(self, sa, delete_before_replace=True),
-            )
+        self.job = common.job_or_cron_job(name, spec, ctx, labels, job_spec, sa, self)
         common.open_network("batch", name, spec, ctx, labels, self)
         self.job_name = spec.name
         self.namespace = ctx.namespace

@@ -401,6 +401,36 @@ def cron_job_spec(
     return out
 
 
+def job_or_cron_job(
+    name: str,
+    spec: Any,
+    ctx: WorkloadContext,
+    labels: Mapping[str, str],
+    job_spec: Mapping[str, Any],
+    service_account: pulumi.Resource,
+    parent: pulumi.Resource,
+) -> k8s.batch.v1.Job | k8s.batch.v1.CronJob:
+    """A Job, or a CronJob of it when the spec has a `schedule`, with the
+    workload's metadata (queue labels included)."""
+    metadata = object_metadata(spec, ctx, labels)
+    if spec.schedule:
+        return k8s.batch.v1.CronJob(
+            f"{name}-cronjob",
+            metadata=metadata,
+            # Kueue reads the queue label on each Job the CronJob creates.
+            spec=cron_job_spec(spec, job_spec, {**labels, **queue_labels(spec, ctx)}),
+            opts=ctx.opts(parent, service_account),
+        )
+    # Job templates are immutable: a change replaces the Job, and the fixed
+    # name means the old one must go first.
+    return k8s.batch.v1.Job(
+        f"{name}-job",
+        metadata=metadata,
+        spec=dict(job_spec),
+        opts=ctx.opts(parent, service_account, delete_before_replace=True),
+    )
+
+
 class WorkloadSpec(_Model):
     """Fields every workload has."""
 

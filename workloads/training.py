@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
 import pulumi
-import pulumi_kubernetes as k8s
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from infra import pod
@@ -329,24 +328,7 @@ class TrainingJob(pulumi.ComponentResource):
             "template": template,
             **common.suspended(ctx),
         }
-        metadata = common.object_metadata(spec, ctx, labels)
-        # Job templates are immutable: a change replaces the Job, and the fixed
-        # name means the old one must go first.
-        replace = ctx.opts(self, sa, delete_before_replace=True)
-        if spec.schedule:
-            self.job: k8s.batch.v1.Job | k8s.batch.v1.CronJob = k8s.batch.v1.CronJob(
-                f"{name}-cronjob",
-                metadata=metadata,
-                # Kueue reads the queue label on each Job the CronJob creates.
-                spec=common.cron_job_spec(
-                    spec, job_spec, {**labels, **common.queue_labels(spec, ctx)}
-                ),
-                opts=ctx.opts(self, sa),
-            )
-        else:
-            self.job = k8s.batch.v1.Job(
-                f"{name}-job", metadata=metadata, spec=job_spec, opts=replace
-            )
+        self.job = common.job_or_cron_job(name, spec, ctx, labels, job_spec, sa, self)
         common.open_network("training", name, spec, ctx, labels, self)
         self.job_name = spec.name
         self.namespace = ctx.namespace
