@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import base_config, preview_cli
+from tests.helpers import base_config, preview_cli, run
 from tools import preview
 from tools.offline import ROOT
 
@@ -102,3 +102,11 @@ def test_custom_resources_are_listed_as_unvalidated(tmp_path: Path) -> None:
 def test_missing_stack_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert preview.main(["--stack", "nope", "--stack-file", str(tmp_path / "none.yaml")]) == 2
     assert "no such stack file" in capsys.readouterr().err
+
+
+def test_records_are_in_a_stable_order() -> None:
+    """Registration order under the mocks varies from run to run; the run's
+    records (and so resources.json, plan.md and the findings) come sorted."""
+    records = run().records
+    keys = [(r.type, r.name) for r in records]
+    assert len(keys) > 20 and keys == sorted(keys)

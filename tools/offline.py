@@ -176,7 +176,11 @@ def run_program(
         outputs, secret = _resolve_outputs(raw_outputs)
     finally:
         os.chdir(previous_cwd)
-    return Run(stack, dict(config), list(monitor.records), outputs, secret)
+    # Registration order depends on how the mocks' futures resolve, which varies
+    # from run to run: everything derived from the records (resources.json,
+    # plan.md, findings) must change only with the stack.
+    records = sorted(monitor.records, key=lambda r: (r.type, r.name))
+    return Run(stack, dict(config), records, outputs, secret)
 
 
 def _resolve_outputs(raw: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:

@@ -85,9 +85,7 @@ def write(preview: Preview, out_dir: Path) -> None:
             "inputs": r.inputs,
             "options": r.options,
         }
-        # Registration order depends on how the mocks' futures resolve, which
-        # varies from run to run: sort, so the file only changes with the stack.
-        for r in sorted(preview.run.records, key=lambda r: (r.type, r.name))
+        for r in preview.run.records  # sorted by run_program
     ]
     _write_json(out_dir / "resources.json", resources)
     _write_json(out_dir / "outputs.json", preview.run.outputs)
