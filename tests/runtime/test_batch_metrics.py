@@ -4,11 +4,13 @@ values (outcome included) reach a scraper before the pod exits."""
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -109,6 +111,43 @@ def test_finish_waits_for_one_more_scrape_only_when_scraped() -> None:
         scrape(port)  # the server is closed
 
 
+def test_finish_waits_until_the_last_response_is_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Collected is not sent: the pod may exit only once the response is on the wire."""
+    from workloads.runtime import batch
+
+    slow = 1.0
+    real_iter = batch._SentBody.__iter__
+
+    def slow_iter(self: batch._SentBody) -> Iterator[bytes]:
+        time.sleep(slow)  # the registry is collected; the write is late
+        return real_iter(self)
+
+    monkeypatch.setattr(batch._SentBody, "__iter__", slow_iter)
+    port = free_port()
+    metrics = BatchMetrics(port)
+    scrape(port)
+    result: list[tuple[bool, float]] = []
+
+    def finish() -> None:
+        seen = metrics.finish("complete", timeout=20)
+        result.append((seen, time.monotonic()))
+
+    finisher = threading.Thread(target=finish)
+    finisher.start()
+    while metrics.registry.get_sample_value("mlbatch_shards_total", {"outcome": "complete"}) != 1:
+        time.sleep(0.01)
+    counted = time.monotonic()
+    last: dict[str, float] = {}
+    while finisher.is_alive():  # scrape like Prometheus until the program lets go
+        with contextlib.suppress(urllib.error.URLError, ConnectionError):
+            last = scrape(port)
+    finisher.join()
+    [(seen, returned)] = result
+    assert seen is True
+    assert returned - counted >= slow, "finish() returned before the response was written"
+    assert last['mlbatch_shards_total{outcome="complete"}'] == 1
+
+
 def _run_scraped(args: list[str], port: int) -> tuple[int, dict[str, float], str]:
     """Run batch.py as the image does while a scraper polls it; the last scrape it saw."""
     import subprocess
@@ -124,7 +163,9 @@ def _run_scraped(args: list[str], port: int) -> tuple[int, dict[str, float], str
     )
     last: dict[str, float] = {}
     while proc.poll() is None:
-        with contextlib.suppress(urllib.error.URLError, ConnectionError):
+        # A scrape that the exit cuts short fails, as it would for Prometheus;
+        # the claim is about the last one that came back whole.
+        with contextlib.suppress(urllib.error.URLError, ConnectionError, http.client.HTTPException):
             last = scrape(port)
         time.sleep(0.02)
     _, err = proc.communicate(timeout=60)

@@ -45,9 +45,11 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from socketserver import ThreadingMixIn
 from typing import IO, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import orjson
 
@@ -64,20 +66,34 @@ OUTCOMES = ("complete", "skipped", "failed")
 FINAL_SCRAPE_TIMEOUT_S = 35.0
 
 
-class _ScrapeCounter:
-    """A collector with no series of its own: it tells BatchMetrics that a
-    scrape began (registered first) or ended (registered last)."""
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # one line per scrape is noise
 
-    def __init__(self, metrics: BatchMetrics, begin: bool) -> None:
-        self._metrics = metrics
-        self._begin = begin
 
-    def describe(self) -> list[Any]:
-        return []
+class _MetricsServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a stalled scraper never holds the pod at exit
 
-    def collect(self) -> Iterator[Any]:
-        self._metrics._count_scrape(self._begin)
-        yield from ()
+
+class _SentBody:
+    """A response body that reports when the server has written all of it:
+    wsgiref closes the body after its last write to the socket, also when
+    the scraper went away."""
+
+    def __init__(self, body: Iterable[bytes], sent: Callable[[], None]) -> None:
+        self._body = body
+        self._sent = sent
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._body)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._sent()
 
 
 class BatchMetrics:
@@ -88,18 +104,17 @@ class BatchMetrics:
             CollectorRegistry,
             Counter,
             Gauge,
-            start_http_server,
+            make_wsgi_app,
         )
 
         self.registry = r = CollectorRegistry()
-        # Scrapes are counted as they begin and as they end: a collector
-        # registered before every series, and one after (the registry collects
-        # in registration order). finish() waits for a scrape that began after
-        # the outcome was counted to end, so that scrape carries the outcome.
+        # Scrapes are counted as they begin (before the registry is collected)
+        # and once their response is written. finish() waits for a scrape that
+        # began after the outcome was counted to be written out, so that
+        # scrape carries the outcome and the exit cannot cut it short.
         self._begun = 0
-        self._ended = 0
+        self._sent = 0
         self._scraped = threading.Condition()
-        r.register(_ScrapeCounter(self, begin=True))
         self.records = Counter("mlbatch_records", "Records predicted and written", registry=r)
         self.shards = Counter(
             "mlbatch_shards", "Shards this pod finished, by outcome", ["outcome"], registry=r
@@ -123,20 +138,38 @@ class BatchMetrics:
         self.last_progress.set_to_current_time()
         self._started: float | None = None
         self._written = 0
-        r.register(_ScrapeCounter(self, begin=False))
-        self.server: Any = None
+        self.server: WSGIServer | None = None
         if port:
+            app = make_wsgi_app(r)
+
+            def counted(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+                if environ.get("PATH_INFO") == "/favicon.ico":
+                    return app(environ, start_response)  # type: ignore[no-any-return]
+                self._count_scrape(begin=True)
+                try:
+                    body = app(environ, start_response)
+                except BaseException:
+                    self._count_scrape(begin=False)
+                    raise
+                return _SentBody(body, lambda: self._count_scrape(begin=False))
+
             try:
-                self.server, _ = start_http_server(port, registry=r)
+                self.server = make_server(
+                    "0.0.0.0", port, counted, _MetricsServer, handler_class=_QuietHandler
+                )
             except OSError as exc:
                 log.warning("metrics disabled: cannot listen on port %d: %s", port, exc)
+            else:
+                threading.Thread(
+                    target=self.server.serve_forever, name="metrics", daemon=True
+                ).start()
 
     def _count_scrape(self, begin: bool) -> None:
         with self._scraped:
             if begin:
                 self._begun += 1
             else:
-                self._ended += 1
+                self._sent += 1
             self._scraped.notify_all()
 
     # -- progress
@@ -159,21 +192,19 @@ class BatchMetrics:
     def finish(self, outcome: str, timeout: float = FINAL_SCRAPE_TIMEOUT_S) -> bool:
         """Count the shard's outcome; if something scrapes us, wait for one more scrape.
 
-        Returns whether a scrape saw the final values (False when nothing ever
-        scraped this pod, or none came within `timeout`).
+        Returns whether a scrape carrying the final values was written out
+        (False when nothing ever scraped this pod, or none came within `timeout`).
         """
         self.shards.labels(outcome).inc()
         self.last_progress.set_to_current_time()
         seen = False
         with self._scraped:
             # Scrapes begun so far collected (or may have) the old values; the
-            # Prometheus scraper asks one at a time, so the next to end after
-            # them began after the outcome was counted.
+            # Prometheus scraper asks one at a time, so the next to be written
+            # out after them began after the outcome was counted.
             begun = self._begun
             if self.server is not None and begun > 0:
-                seen = self._scraped.wait_for(lambda: self._ended > begun, timeout)
-        if seen:
-            time.sleep(0.2)  # the collection is done: let the handler send the response
+                seen = self._scraped.wait_for(lambda: self._sent > begun, timeout)
         self.close()
         return seen
 
