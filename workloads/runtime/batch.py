@@ -144,7 +144,7 @@ class BatchMetrics:
 
             def counted(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
                 if environ.get("PATH_INFO") == "/favicon.ico":
-                    return app(environ, start_response)  # type: ignore[no-any-return]
+                    return app(environ, start_response)
                 self._count_scrape(begin=True)
                 try:
                     body = app(environ, start_response)
