@@ -148,6 +148,7 @@ NS = 'namespace=~"$namespace"'
 BY_MODEL = "sum by (namespace, model)"
 ERRORS = NS + ', code=~"5.."'
 NOT_SERVED = NS + ', code!~"2.."'
+SERVED = NS + ', code=~"2.."'
 POD_LEGEND = "{{namespace}}/{{pod}}"
 MODEL_LEGEND = "{{namespace}}/{{model}}"
 JOB_LEGEND = "{{namespace}}/{{job_name}}"
@@ -298,14 +299,14 @@ INFERENCE = Dashboard(
             tuple(
                 _t(
                     f"histogram_quantile({q}, sum by (le, namespace, model) "
-                    f"({_rate('mlserve_request_duration_seconds_bucket')}))",
+                    f"({_rate('mlserve_request_duration_seconds_bucket', SERVED)}))",
                     f"p{int(q * 100)} {MODEL_LEGEND}",
                 )
                 for q in (0.5, 0.95, 0.99)
             ),
             unit="s",
-            description="All responses, fast rejections included. The latency alert uses the "
-            "served (2xx) requests only.",
+            description="Served (2xx) requests, as the latency alert sees them; "
+            "rejections and failures are in the panel above.",
         ),
         Panel(
             "Mean batch size",

@@ -722,21 +722,16 @@ def alert_groups(args: MonitoringArgs) -> list[dict[str, Any]]:
             continue  # the runtime server's metrics; other servers' below
         sel = f'namespace="{t.namespace}", model="{t.model}"'
         requests = f"rate(mlserve_requests_total{{{sel}}}[5m])"
-        served = f'rate(mlserve_requests_total{{{sel}, code=~"2.."}}[5m])'
-        # The duration histogram has no status code. Answers that are not 2xx
-        # (400/404/413 and the 503s of a full queue) are returned before any
-        # forward pass; taken as the fastest, they fill the lowest ranks, so the
-        # p95 of served requests is the overall quantile at rank
-        # (not served + 0.95 x served) / all = 1 - 0.05 x served share. If some
-        # were slower, this is an upper bound of it: never blinded by rejections.
-        quantile = f"scalar(1 - {1 - SERVED_QUANTILE:g} * sum({served}) / sum({requests}))"
+        # Served requests only: fast rejections (400, 503 of a full queue) would
+        # hide slow answers, and slow ones (408 of a stalled upload) are the
+        # client's doing; both count in InferenceErrorRatio or not at all.
+        served = f'rate(mlserve_request_duration_seconds_bucket{{{sel}, code=~"2.."}}[5m])'
         owner = {"namespace": t.namespace, "team": t.namespace, "service": t.name, "model": t.model}
         inference += [
             r.alert(
                 "InferenceLatencyOverSlo",
-                f"histogram_quantile({quantile}, sum by (le, namespace, model) "
-                f"(rate(mlserve_request_duration_seconds_bucket{{{sel}}}[5m]))) "
-                f"> {t.latency_slo_seconds:g}",
+                f"histogram_quantile({SERVED_QUANTILE:g}, sum by (le, namespace, model) "
+                f"({served})) > {t.latency_slo_seconds:g}",
                 "10m",
                 "warning",
                 f"{t.namespace}/{t.name}: p95 latency of served requests over its "

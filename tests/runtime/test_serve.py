@@ -378,7 +378,8 @@ def test_metrics_expose_exactly_the_contract_names(mlp_export: Path) -> None:
             'mlserve_requests_total{code="200",model="m",protocol="v2"} 1.0',
             'mlserve_requests_total{code="400",model="m",protocol="v2"} 1.0',
             'mlserve_requests_total{code="404",model="_unknown",protocol="v2"} 1.0',
-            'mlserve_request_duration_seconds_count{model="m",protocol="v2"} 2.0',
+            'mlserve_request_duration_seconds_count{code="200",model="m",protocol="v2"} 1.0',
+            'mlserve_request_duration_seconds_count{code="400",model="m",protocol="v2"} 1.0',
             'mlserve_batch_size_count{model="m"} 2.0',
             'mlserve_queue_depth{model="m"} 0.0',
             'mlserve_inflight_requests{model="m"} 0.0',  # /metrics itself is not inference

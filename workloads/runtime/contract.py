@@ -55,7 +55,7 @@ MIN_MEMORY_MIB = {"train": 1024, "serve": 512, "batch": 512, "nccl_test": 1024}
 # dashboards may only use names that something really exports).
 SERVE_METRICS = {
     "mlserve_requests_total": "counter",  # labels: model, protocol (v1|v2), code
-    "mlserve_request_duration_seconds": "histogram",  # labels: model, protocol
+    "mlserve_request_duration_seconds": "histogram",  # labels: model, protocol, code
     "mlserve_batch_size": "histogram",  # labels: model
     "mlserve_queue_depth": "gauge",  # labels: model
     "mlserve_inflight_requests": "gauge",  # labels: model

@@ -142,8 +142,8 @@ class ServeMetrics:
         )
         self.duration = Histogram(
             "mlserve_request_duration_seconds",
-            "Inference request latency",
-            ["model", "protocol"],
+            "Inference request latency, by status code as mlserve_requests_total",
+            ["model", "protocol", "code"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -591,9 +591,10 @@ class InferenceServer:
         key = (label, protocol, status)
         children = self._children.get(key)
         if children is None:
+            labels = (label, protocol, str(status))
             children = (
-                self.metrics.requests.labels(label, protocol, str(status)),
-                self.metrics.duration.labels(label, protocol),
+                self.metrics.requests.labels(*labels),
+                self.metrics.duration.labels(*labels),
             )
             self._children[key] = children
         children[0].inc()
