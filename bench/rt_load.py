@@ -102,11 +102,13 @@ async def closed_loop(
     duration_s: float,
     warmup_s: float,
     headers: dict[str, str] | None = None,
+    server_pid: int | None = None,
 ) -> dict[str, Any]:
     """`concurrency` clients, each sending its next request as the last one returns.
 
     Requests completed during the warm-up are not counted. Returns throughput,
-    latency percentiles (ms) and status counts over the measured window.
+    latency percentiles (ms) and status counts over the measured window, and
+    the CPU cores this process (the client) and `server_pid` used in it.
     """
     latencies: list[float] = []
     statuses: dict[int, int] = {}
@@ -115,6 +117,15 @@ async def closed_loop(
     measure_from = start + warmup_s
     stop_at = measure_from + duration_s
     headers = headers or {"Content-Type": "application/json"}
+    cpu: dict[str, list[float | None]] = {"client": [], "server": []}
+
+    def sample_cpu() -> None:
+        cpu["client"].append(time.process_time())
+        cpu["server"].append(process_cpu_seconds(server_pid) if server_pid else None)
+
+    loop = asyncio.get_running_loop()
+    loop.call_later(warmup_s, sample_cpu)
+    loop.call_later(warmup_s + duration_s, sample_cpu)
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=60)
 
@@ -140,6 +151,10 @@ async def closed_loop(
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         await asyncio.gather(*(client(session) for _ in range(concurrency)))
     ok = statuses.get(200, 0)
+    cores = {}
+    for who, samples in cpu.items():
+        if len(samples) == 2 and samples[0] is not None and samples[1] is not None:
+            cores[f"{who}_cores"] = round((samples[1] - samples[0]) / duration_s, 2)
     return {
         "requests": len(latencies),
         "ok": ok,
@@ -150,7 +165,19 @@ async def closed_loop(
         "p90_ms": round(1000 * percentile(latencies, 90), 2),
         "p99_ms": round(1000 * percentile(latencies, 99), 2),
         "mean_ms": round(1000 * statistics.fmean(latencies), 2) if latencies else None,
+        **cores,
     }
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process's threads so far (Linux /proc), or None.
+
+    Children are not counted until they exit: a server's own CPU only."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def scrape(url: str) -> str:

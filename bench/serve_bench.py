@@ -18,8 +18,10 @@ format:
 Rounds are interleaved (every server and format once per round, the order
 rotating) and each figure is the median over the rounds: the machine is
 shared, so one slow moment should not decide a ratio. Client and servers
-share the machine's cores, so absolute numbers are lower than on a dedicated
-server; the ratios are what the targets are about (per format):
+share the machine's cores, so absolute numbers are lower than on a
+dedicated server; the table gives the CPU cores the server and the client
+used in the measured window (medians). The ratios are what the targets
+are about (per format):
 
     batching >= 5x the throughput of --max-batch-size 1, at no worse p99
     batching >= 6x the throughput of KServe's ModelServer, at no worse p99
@@ -177,6 +179,7 @@ def run_server(
                         duration_s=args.duration,
                         warmup_s=args.warmup,
                         headers=payload.headers,
+                        server_pid=server.proc.pid,
                     )
                 )
             if metrics:
@@ -199,6 +202,9 @@ def median_row(server: str, fmt: str, rounds: list[dict[str, Any]]) -> dict[str,
         return row
     for key in ("throughput_rps", "p50_ms", "p99_ms"):
         row[key] = round(statistics.median(r[key] for r in good), 2)
+    for key in ("server_cores", "client_cores"):  # CPU used in the measured window
+        values = [r[key] for r in good if r.get(key) is not None]
+        row[key] = round(statistics.median(values), 2) if values else None
     row["rps_per_round"] = [r["throughput_rps"] for r in good]
     row["errors"] = sum(r["errors"] for r in good)
     row["non_200"] = sum(r["requests"] - r["ok"] for r in good)
@@ -357,6 +363,8 @@ def main() -> int:
                 ("p50_ms", "p50 ms"),
                 ("p99_ms", "p99 ms"),
                 ("mean_batch_rows", "rows/batch"),
+                ("server_cores", "server cores"),
+                ("client_cores", "client cores"),
                 ("rps_per_round", "req/s per round"),
                 ("non_200", "non-200"),
                 ("errors", "errors"),

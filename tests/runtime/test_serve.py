@@ -45,7 +45,7 @@ class SlowPredictor:
 
 @asynccontextmanager
 async def serving(server: InferenceServer) -> AsyncIterator[tuple[str, aiohttp.ClientSession]]:
-    runner = web.AppRunner(server.app, shutdown_timeout=10)
+    runner = server.runner(shutdown_timeout=10)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -394,7 +394,7 @@ def test_drain_finishes_requests_in_flight(mlp_export: Path) -> None:
         slow = SlowPredictor(load_and_warm(mlp_export, CPU, 1), delay=0.3)
         server = InferenceServer("m", max_batch_size=1)
         server.attach(cast(Predictor, slow))
-        runner = web.AppRunner(server.app, shutdown_timeout=10)
+        runner = server.runner(shutdown_timeout=10)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()

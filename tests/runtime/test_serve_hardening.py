@@ -106,6 +106,42 @@ def test_a_body_that_does_not_arrive_in_time_gets_408_and_the_connection_closes(
     run(checks)
 
 
+def test_slow_headers_and_idle_connections_are_closed_after_the_idle_timeout(
+    mlp_export: Path,
+) -> None:
+    """aiohttp alone keeps a connection that never finishes its headers for an hour."""
+
+    async def checks() -> None:
+        server = InferenceServer("m", idle_timeout_s=0.5)
+        server.attach(load_and_warm(mlp_export, CPU, 32))
+        loop = asyncio.get_running_loop()
+        async with serving(server) as (base, s):
+            # Headers started, never finished (slowloris): closed, nothing answered.
+            started = loop.time()
+            reader, writer = await raw_request(base, f"POST {PREDICT} HTTP/1.1\r\nHost: t")
+            assert await asyncio.wait_for(reader.read(), timeout=20) == b""
+            assert 0.4 <= loop.time() - started < 10
+            writer.close()
+            # A keep-alive connection idle after its answer: closed the same way.
+            body = json.dumps({"instances": GOOD}).encode()
+            reader, writer = await raw_request(base, post_head(PREDICT, len(body)), body)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=20)
+            assert head.startswith(b"HTTP/1.1 200"), head
+            length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            started = loop.time()
+            assert await asyncio.wait_for(reader.read(), timeout=20) == b""
+            assert loop.time() - started < 10
+            writer.close()
+            # A connection that keeps sending requests is not cut off.
+            for _ in range(4):
+                await asyncio.sleep(0.2)
+                status, _, _ = await call(s, "POST", base + PREDICT, {"instances": GOOD})
+                assert status == 200
+
+    run(checks)
+
+
 def test_a_slow_upload_within_the_timeout_is_served(mlp_export: Path) -> None:
     async def checks() -> None:
         server = InferenceServer("m", read_timeout_s=30)

@@ -422,6 +422,7 @@ class InferenceServer:
         max_queue_size: int = 256,
         max_request_bytes: int = 16 * 1024 * 1024,
         read_timeout_s: float = 10.0,
+        idle_timeout_s: float = 75.0,
     ) -> None:
         self.model_name = model_name
         self.max_batch_size = max_batch_size
@@ -429,6 +430,7 @@ class InferenceServer:
         self.max_queue_size = max_queue_size
         self.max_request_bytes = max_request_bytes
         self.read_timeout_s = read_timeout_s
+        self.idle_timeout_s = idle_timeout_s
         self.metrics = ServeMetrics()
         self.predictor: Predictor | None = None
         self.batcher: DynamicBatcher | None = None
@@ -462,6 +464,17 @@ class InferenceServer:
         self.app.on_shutdown.append(self._on_shutdown)
 
     # -- lifecycle ----------------------------------------------------------------
+    def runner(self, shutdown_timeout: float) -> web.AppRunner:
+        """The app's runner: no access log; a connection that has not sent a
+        complete request head within `idle_timeout_s` (idle between requests,
+        or sending its headers slowly) is closed. aiohttp's default is an hour."""
+        return web.AppRunner(
+            self.app,
+            access_log=None,
+            shutdown_timeout=shutdown_timeout,
+            keepalive_timeout=self.idle_timeout_s,
+        )
+
     def attach(self, predictor: Predictor) -> None:
         """Serve `predictor` (loaded and warmed by the caller); become ready."""
         self.predictor = predictor
@@ -897,6 +910,13 @@ def parse_args(argv: Sequence[str] | None) -> Any:
         default=10.0,
         help="time a request's body may take to arrive after its headers (else 408)",
     )
+    parser.add_argument(
+        "--idle-timeout-s",
+        type=float,
+        default=75.0,
+        help="close a connection that sends no complete request head for this long (idle "
+        "keep-alive or slow headers); keep it above the load balancer's idle timeout",
+    )
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = auto")
     parser.add_argument(
@@ -915,8 +935,9 @@ def parse_args(argv: Sequence[str] | None) -> Any:
     for name in ("max_batch_delay_ms", "threads", "shutdown_delay_s", "drain_timeout_s"):
         if getattr(args, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must be >= 0")
-    if not args.read_timeout_s > 0:
-        parser.error("--read-timeout-s must be > 0")
+    for name in ("read_timeout_s", "idle_timeout_s"):
+        if not getattr(args, name) > 0:
+            parser.error(f"--{name.replace('_', '-')} must be > 0")
     if not args.model_name or "/" in args.model_name or ":" in args.model_name:
         parser.error("--model-name must be non-empty without '/' or ':'")
     return args
@@ -936,8 +957,9 @@ async def serve(args: Any) -> int:
         max_queue_size=args.max_queue_size,
         max_request_bytes=args.max_request_bytes,
         read_timeout_s=args.read_timeout_s,
+        idle_timeout_s=args.idle_timeout_s,
     )
-    runner = web.AppRunner(server.app, access_log=None, shutdown_timeout=args.drain_timeout_s)
+    runner = server.runner(shutdown_timeout=args.drain_timeout_s)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port)
     try:
