@@ -331,8 +331,8 @@ def test_overload_answers_503_with_retry_after_and_metrics(mlp_export: Path) -> 
 def test_batching_fills_under_load_and_a_lone_client_does_not_wait(mlp_export: Path) -> None:
     async def checks() -> None:
         slow = SlowPredictor(load_and_warm(mlp_export, CPU, 32), delay=0.05)
-        # A 2 s window: any request that waited for it would take >= 2 s.
-        server = InferenceServer("m", max_batch_size=32, max_delay_ms=2000)
+        # A 5 s window: any request that waited for it would take >= 5 s.
+        server = InferenceServer("m", max_batch_size=32, max_delay_ms=5000)
         server.attach(cast(Predictor, slow))
         async with serving(server) as (base, s):
             for _ in range(3):
@@ -340,7 +340,7 @@ def test_batching_fills_under_load_and_a_lone_client_does_not_wait(mlp_export: P
                 status, _, _ = await call(
                     s, "POST", base + "/v1/models/m:predict", {"instances": GOOD}
                 )
-                assert status == 200 and time.perf_counter() - started < 1.0
+                assert status == 200 and time.perf_counter() - started < 2.5
             assert slow.batches == [1, 1, 1]
             results = await asyncio.gather(
                 *(
