@@ -26,7 +26,7 @@ from workloads.runtime import contract
 WORKER = "batch"
 
 
-class BatchInferenceSpec(common.WorkloadSpec, common.Scheduled):
+class BatchInferenceSpec(common.ReadsModel, common.Scheduled):
     """Offline inference over sharded input (kind `batch`); with `schedule`, a
     CronJob that runs it again on each tick (shards are rewritten atomically, so a
     re-run replaces the previous results)."""
@@ -93,28 +93,16 @@ class BatchInferenceSpec(common.WorkloadSpec, common.Scheduled):
     def pods(self) -> int:
         return self.parallelism
 
-    @property
-    def needs_runtime_image(self) -> bool:
-        return self.uses_runtime or (self.model is not None and self.model.uri is not None)
-
     def platform_mounts(self) -> dict[str, str]:
         mounts = super().platform_mounts()
-        if self.model is not None:
-            mounts["model"] = contract.MODEL_DIR
         if self.volume is not None:
             mounts["data"] = contract.DATA_DIR
         return mounts
 
-    def container_shapes(self) -> list[tuple[Loc, common.ContainerShape]]:
-        shapes = super().container_shapes()
-        if self.model is not None and self.model.uri is not None:
-            shapes.append((("model", "uri"), common.FETCH_SHAPE))
-        return shapes
-
     @property
     def object_storage_uris(self) -> list[str]:
-        model = self.model.uri if self.model is not None else None
-        return [u for u in (model, self.input, self.output) if u and u.startswith("s3://")]
+        data = [u for u in (self.input, self.output) if u.startswith("s3://")]
+        return self.model_uris + data
 
     def location(self, value: str) -> str:
         return value if value.startswith("s3://") else f"{contract.DATA_DIR}/{value}"
@@ -148,12 +136,7 @@ class BatchInference(pulumi.ComponentResource):
         spec, ctx = args.spec, args.context
         labels = common.workload_labels(spec, "batch-inference")
         sa = common.service_account(name, spec, ctx, labels, self)
-        volumes: list[pod.Volume] = []
-        init: list[pod.Container] = []
-        mounts: list[pod.Mount] = []
-        if spec.model is not None:
-            volumes, init, model_mount = common.model_volume(spec.model, ctx, spec)
-            mounts.append(model_mount)
+        volumes, init, mounts = common.model_pod_parts(spec.model, ctx, spec)
         if spec.volume is not None:
             volumes.append(pod.Volume("data", claim=spec.volume.claim))
             mounts.append(pod.Mount("data", contract.DATA_DIR, sub_path=spec.volume.sub_path))

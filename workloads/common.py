@@ -12,7 +12,7 @@ import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -819,6 +819,34 @@ class WorkloadSpec(_Model):
         return 1
 
 
+class ReadsModel(WorkloadSpec):
+    """A workload whose main container reads an exported model at contract.MODEL_DIR,
+    from a claim or fetched from S3 by an init container (model_pod_parts)."""
+
+    if TYPE_CHECKING:  # each kind declares the field, with its own description
+        model: ModelSource | None
+
+    @property
+    def needs_runtime_image(self) -> bool:
+        return self.uses_runtime or (self.model is not None and self.model.uri is not None)
+
+    def platform_mounts(self) -> dict[str, str]:
+        mounts = super().platform_mounts()
+        if self.model is not None:
+            mounts["model"] = contract.MODEL_DIR
+        return mounts
+
+    def container_shapes(self) -> list[tuple[Loc, ContainerShape]]:
+        shapes = super().container_shapes()
+        if self.model is not None and self.model.uri is not None:
+            shapes.append((("model", "uri"), FETCH_SHAPE))
+        return shapes
+
+    @property
+    def model_uris(self) -> list[str]:
+        return [self.model.uri] if self.model is not None and self.model.uri else []
+
+
 @dataclass(frozen=True)
 class WorkloadContext:
     """What a workload component needs to know about the platform around it."""
@@ -1091,6 +1119,16 @@ def open_network(
         )
         for policy_name, policy in policies.items()
     ]
+
+
+def model_pod_parts(
+    source: ModelSource | None, ctx: WorkloadContext, spec: WorkloadSpec
+) -> tuple[list[pod.Volume], list[pod.Container], list[pod.Mount]]:
+    """model_volume() as lists to build a pod from: all empty without a model."""
+    if source is None:
+        return [], [], []
+    volumes, init, mount = model_volume(source, ctx, spec)
+    return volumes, init, [mount]
 
 
 def model_volume(

@@ -342,7 +342,7 @@ _PRESET_METRICS: dict[str, MetricsEndpoint] = {
 _PRESET_IMAGES = {"vllm": VLLM_IMAGE, "triton": TRITON_IMAGE}
 
 
-class InferenceServiceSpec(common.WorkloadSpec):
+class InferenceServiceSpec(common.ReadsModel):
     """An online model server (kind `inference`)."""
 
     runtime_program: ClassVar[str] = "serve"
@@ -796,29 +796,13 @@ class InferenceServiceSpec(common.WorkloadSpec):
         return self.min_replicas + self.canary_replicas
 
     @property
-    def needs_runtime_image(self) -> bool:
-        return self.uses_runtime or (self.model is not None and self.model.uri is not None)
-
-    @property
     def server_port(self) -> int:
         """The Service's target: the first port."""
         return self.server_ports[0].port
 
-    def platform_mounts(self) -> dict[str, str]:
-        mounts = super().platform_mounts()
-        if self.model is not None:
-            mounts["model"] = contract.MODEL_DIR
-        return mounts
-
-    def container_shapes(self) -> list[tuple[Loc, common.ContainerShape]]:
-        shapes = super().container_shapes()
-        if self.model is not None and self.model.uri is not None:
-            shapes.append((("model", "uri"), common.FETCH_SHAPE))
-        return shapes
-
     @property
     def object_storage_uris(self) -> list[str]:
-        uris = [self.model.uri] if self.model is not None and self.model.uri else []
+        uris = self.model_uris
         if self.canary and self.canary.model_uri:
             uris.append(self.canary.model_uri)
         return uris
@@ -1049,12 +1033,7 @@ class InferenceService(pulumi.ComponentResource):
         replicas: int | None = None,
     ) -> k8s.apps.v1.Deployment:
         track_labels = {**labels, TRACK_LABEL: track}
-        volumes: list[pod.Volume] = []
-        init: list[pod.Container] = []
-        mounts: list[pod.Mount] = []
-        if model is not None:
-            volumes, init, model_mount = common.model_volume(model, ctx, spec)
-            mounts.append(model_mount)
+        volumes, init, mounts = common.model_pod_parts(model, ctx, spec)
         command, args = spec.server_entrypoint()
         ports = {p.name: p.port for p in spec.server_ports}
         container = pod.Container(
