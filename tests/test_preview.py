@@ -110,3 +110,22 @@ def test_records_are_in_a_stable_order() -> None:
     records = run().records
     keys = [(r.type, r.name) for r in records]
     assert len(keys) > 20 and keys == sorted(keys)
+
+
+def test_plan_names_the_groups_that_time_slice(tmp_path: Path) -> None:
+    """A group's own time-slicing shows in plan.md even when the stack's is off."""
+    config = base_config()
+    config["mlplatform:gpuNodeGroups"] = [
+        {"name": "whole", "instanceTypes": ["g5.2xlarge"], "maxSize": 2},
+        {
+            "name": "notebooks",
+            "instanceTypes": ["g6.xlarge"],
+            "maxSize": 2,
+            "devicePlugin": {"timeSlicing": {"replicas": 4}},
+        },
+    ]
+    code, out = preview_cli(tmp_path, config)
+    assert code == 0
+    plan = (out / "plan.md").read_text()
+    assert "maxSize; time-slicing: `notebooks` 4 slices per GPU." in plan
+    assert "`whole`" not in plan.split("time-slicing:")[1].split("\n")[0]

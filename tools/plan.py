@@ -82,6 +82,18 @@ def _autoscaling(s: PlatformSettings) -> list[str]:
     return out
 
 
+def _time_slicing(s: PlatformSettings) -> str:
+    """Which groups time-slice their GPUs, and how (the stack-wide setting or their own)."""
+    sliced = []
+    for g in s.gpu_node_groups:
+        plugin = g.effective_device_plugin(s.device_plugin)
+        if plugin.sharing_enabled and not g.is_bottlerocket:
+            ts = plugin.time_slicing
+            shared = " as `nvidia.com/gpu.shared`" if ts.rename_by_default else ""
+            sliced.append(f"`{g.name}` {ts.replicas} slices per GPU{shared}")
+    return "; time-slicing: " + ", ".join(sliced) if sliced else ""
+
+
 def _efa_section(preview: Preview) -> list[str]:
     """Per pool: EFA interfaces and fabric bandwidth; per multi-node workload: on EFA or not."""
     s = preview.settings
@@ -229,15 +241,7 @@ def render(preview: Preview) -> str:
         rows,
     )
     out += _autoscaling(s)
-    out += [
-        "",
-        "Capacity is physical GPUs at every group's maxSize"
-        + (
-            f"; time-slicing advertises {s.device_plugin.time_slicing.replicas} slices per GPU."
-            if s.device_plugin.sharing_enabled
-            else "."
-        ),
-    ]
+    out += ["", "Capacity is physical GPUs at every group's maxSize" + _time_slicing(s) + "."]
 
     out += _efa_section(preview)
 
