@@ -20,8 +20,10 @@ rotating) and each figure is the median over the rounds: the machine is
 shared, so one slow moment should not decide a ratio. Client and servers
 share the machine's cores, so absolute numbers are lower than on a
 dedicated server; the table gives the CPU cores the server and the client
-used in the measured window (medians). The ratios are what the targets
-are about (per format):
+used in the measured window, and how long the server's threads were ready
+to run but waiting for a CPU (as a share of wall time, summed over its
+threads; Linux schedstat). A large wait means the machine, not the server,
+set the pace. The ratios are what the targets are about (per format):
 
     batching >= 5x the throughput of --max-batch-size 1, at no worse p99
     batching >= 6x the throughput of KServe's ModelServer, at no worse p99
@@ -202,7 +204,7 @@ def median_row(server: str, fmt: str, rounds: list[dict[str, Any]]) -> dict[str,
         return row
     for key in ("throughput_rps", "p50_ms", "p99_ms"):
         row[key] = round(statistics.median(r[key] for r in good), 2)
-    for key in ("server_cores", "client_cores"):  # CPU used in the measured window
+    for key in ("server_cores", "server_cpu_wait", "client_cores"):  # in the measured window
         values = [r[key] for r in good if r.get(key) is not None]
         row[key] = round(statistics.median(values), 2) if values else None
     row["rps_per_round"] = [r["throughput_rps"] for r in good]
@@ -364,6 +366,7 @@ def main() -> int:
                 ("p99_ms", "p99 ms"),
                 ("mean_batch_rows", "rows/batch"),
                 ("server_cores", "server cores"),
+                ("server_cpu_wait", "server CPU wait"),
                 ("client_cores", "client cores"),
                 ("rps_per_round", "req/s per round"),
                 ("non_200", "non-200"),
