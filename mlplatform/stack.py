@@ -66,7 +66,7 @@ class PolicySettings(_Model):
     enforcement: dict[str, Enforcement] = Field(
         {},
         description="Override a rule's enforcement: `rule-name: mandatory|advisory|disabled` "
-        "(rules: policies/rules.py, listed in docs/policies.md).",
+        "(rules: policies/rules/, listed in docs/policies.md).",
     )
 
     @field_validator("enforcement")

@@ -2,7 +2,7 @@
 --policy-pack-config policies/config/<stack>.json`.
 
 Only this file builds the PolicyPack (which starts the policy server); the
-rules live in policies/rules.py and run offline too (tools/policy.py).
+rules live in policies/rules/ and run offline too (tools/policy.py).
 """
 
 import sys

@@ -1,4 +1,4 @@
-"""Wraps the rules of policies/rules.py into Pulumi policies (no PolicyPack here:
+"""Wraps the rules of policies/rules/ into Pulumi policies (no PolicyPack here:
 constructing one starts the policy server, so only __main__.py does that)."""
 
 from __future__ import annotations

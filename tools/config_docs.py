@@ -1,5 +1,5 @@
 """Generate the configuration reference (docs/configuration.md, from the settings
-models), the policy rules table (docs/policies.md, from policies/rules.py) and
+models), the policy rules table (docs/policies.md, from policies/rules/) and
 docs/stack-outputs.schema.json (from mlplatform/outputs.py).
 
 python -m tools.config_docs --write     (make docs)

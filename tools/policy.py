@@ -1,4 +1,4 @@
-"""The offline runner of the policy rules (policies/rules.py): the same rules the
+"""The offline runner of the policy rules (policies/rules/): the same rules the
 Pulumi policy pack runs, on the props the mocks recorded, with the thresholds
 from the stack settings."""
 
