@@ -27,7 +27,12 @@ from pydantic import Field, field_validator, model_validator
 
 from infra import catalog, efa, iam, instances, nodes, scheduling
 from infra.config_types import DnsLabel, FieldProblems, Loc, _Model, check_scaling
-from infra.device_plugin import DevicePluginSettings, PoolDevicePluginSettings, pool_label_value
+from infra.device_plugin import (
+    DevicePluginSettings,
+    PoolDevicePluginSettings,
+    TimeSlicingSettings,
+    pool_label_value,
+)
 from infra.efa import EfaSettings
 
 AmiType = Literal["AL2023_x86_64_NVIDIA", "BOTTLEROCKET_x86_64_NVIDIA"]
@@ -266,12 +271,22 @@ def node_labels(group: GpuNodeGroupSettings) -> dict[str, str]:
     }
 
 
+def time_slicing(
+    group: GpuNodeGroupSettings, device_plugin: DevicePluginSettings
+) -> TimeSlicingSettings | None:
+    """The time-slicing the group's nodes run with (the stack's or the group's own),
+    or None: off, or Bottlerocket, whose own device plugin does not apply it."""
+    plugin = group.effective_device_plugin(device_plugin)
+    if plugin.sharing_enabled and not group.is_bottlerocket:
+        return plugin.time_slicing
+    return None
+
+
 def advertised_gpus(group: GpuNodeGroupSettings, device_plugin: DevicePluginSettings) -> int:
     """`nvidia.com/gpu` a node of the group advertises (time-slicing multiplies it
     unless the shared GPUs are renamed to `nvidia.com/gpu.shared`)."""
-    device_plugin = group.effective_device_plugin(device_plugin)
-    ts = device_plugin.time_slicing
-    if device_plugin.sharing_enabled and not ts.rename_by_default and not group.is_bottlerocket:
+    ts = time_slicing(group, device_plugin)
+    if ts is not None and not ts.rename_by_default:
         return group.gpus_per_node * ts.replicas
     return group.gpus_per_node
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from infra import catalog, cluster_autoscaler, karpenter, scheduling
-from infra.gpu_nodes import advertised_gpus
+from infra.gpu_nodes import advertised_gpus, time_slicing
 from mlplatform.settings import PlatformSettings
 from policies import queue_sim
 from tools.policy import resources
@@ -86,9 +86,7 @@ def _time_slicing(s: PlatformSettings) -> str:
     """Which groups time-slice their GPUs, and how (the stack-wide setting or their own)."""
     sliced = []
     for g in s.gpu_node_groups:
-        plugin = g.effective_device_plugin(s.device_plugin)
-        if plugin.sharing_enabled and not g.is_bottlerocket:
-            ts = plugin.time_slicing
+        if (ts := time_slicing(g, s.device_plugin)) is not None:
             shared = " as `nvidia.com/gpu.shared`" if ts.rename_by_default else ""
             sliced.append(f"`{g.name}` {ts.replicas} slices per GPU{shared}")
     return "; time-slicing: " + ", ".join(sliced) if sliced else ""
