@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 RT_PY := $(RT_VENV)/bin/python
 PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: security diff test test-infra test-runtime lint typecheck preview preview-all bench docs policy-config clean venv venv-runtime venv-kserve promtool
+.PHONY: security diff test test-infra test-runtime lint typecheck preview preview-all bench docs policy-config clean venv venv-runtime venv-kserve promtool wrk
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -65,10 +65,31 @@ PROMTOOL_APT := apt-get -qq -o APT::Sandbox::User=root download 'prometheus=$(PR
 	.promtool/usr/bin/promtool --version 2>&1 | grep -q 'version $(PROMTOOL_VERSION)'
 	touch $@
 
+# wrk, the serving benchmark's load generator (bench/serve_bench.py), from
+# Debian bookworm's `wrk` package: upstream 4.1.0, the last release, with its
+# LuaJIT library. Unpacked into .wrk/ like promtool, and run through a wrapper
+# that points the loader at that library: nothing is installed on the machine.
+WRK_VERSION := 4.1.0
+WRK_APT := apt-get -qq -o APT::Sandbox::User=root download 'wrk=$(WRK_VERSION)-*' libluajit-5.1-2
+.wrk/.installed: Makefile
+	rm -rf .wrk && mkdir -p .wrk/deb
+	cd .wrk/deb && { $(WRK_APT) 2>/dev/null || { apt-get update -qq && $(WRK_APT); }; }
+	for deb in .wrk/deb/*.deb; do dpkg-deb -x "$$deb" .wrk/pkg; done
+	mkdir -p .wrk/bin .wrk/lib
+	mv .wrk/pkg/usr/bin/wrk .wrk/bin/wrk
+	mv .wrk/pkg/usr/lib/*/libluajit-5.1.so* .wrk/lib/
+	rm -rf .wrk/deb .wrk/pkg
+	printf '%s\n' '#!/bin/sh' 'here=$$(dirname "$$0")' \
+		'LD_LIBRARY_PATH="$$here/lib$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH}" exec "$$here/bin/wrk" "$$@"' > .wrk/wrk
+	chmod +x .wrk/wrk
+	.wrk/wrk -v 2>&1 | grep -q 'wrk debian/$(WRK_VERSION)'
+	touch $@
+
 venv: $(VENV)/.installed
 venv-runtime: $(RT_VENV)/.installed
 venv-kserve: .venv-kserve/.installed
 promtool: .promtool/.installed
+wrk: .wrk/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
@@ -102,6 +123,7 @@ preview-all: $(VENV)/.installed .tools/.installed
 
 bench: $(VENV)/.installed $(RT_VENV)/.installed
 	-$(MAKE) venv-kserve  # optional: the serve bench reports why KServe is missing
+	-$(MAKE) wrk  # optional: without it the serve bench uses its aiohttp client (and says so)
 	$(PY) -m bench.preview_bench
 	$(RT_PY) -m bench.serve_bench
 	$(RT_PY) -m bench.train_bench

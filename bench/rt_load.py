@@ -1,5 +1,11 @@
 """Closed-loop HTTP load generation and server-process helpers for the benchmarks.
 
+Two load generators keep N requests outstanding: wrk (C, one epoll thread;
+`make wrk` unpacks Debian's build into .wrk/) and an aiohttp client in this
+process, for machines without wrk. On a small machine shared with the
+server the choice matters: the aiohttp client needs about 0.17 ms of CPU a
+request, a third of a core at 2,000 req/s, which the server then waits for.
+
 Loopback only: every URL here is built from 127.0.0.1 and a port the helper
 picked, and every loop stops at a deadline.
 """
@@ -8,11 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import resource
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -167,6 +177,121 @@ async def closed_loop(
         "p90_ms": round(1000 * percentile(latencies, 90), 2),
         "p99_ms": round(1000 * percentile(latencies, 99), 2),
         "mean_ms": round(1000 * statistics.fmean(latencies), 2) if latencies else None,
+        **cores,
+    }
+
+
+WRK_WRAPPER = Path(__file__).resolve().parents[1] / ".wrk" / "wrk"  # from `make wrk`
+
+# Loaded by wrk: POST one body with fixed headers; at the end, one JSON line.
+# wrk counts a response with status >= 400 in errors.status, and a request
+# still in flight when the time is up not at all.
+WRK_SCRIPT = """
+local file = assert(io.open([==[{body}]==], "rb"))
+wrk.method = "POST"
+wrk.body = file:read("*a")
+file:close()
+{headers}
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '\\nWRK-RESULT {{"requests": %d, "duration_us": %d, "status_errors": %d, ' ..
+    '"socket_errors": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, "mean_us": %.1f}}\\n',
+    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.mean))
+end
+"""
+
+
+def find_wrk() -> str | None:
+    """The wrk to run: .wrk/wrk (`make wrk`), else one on PATH, else None."""
+    if WRK_WRAPPER.exists():
+        return str(WRK_WRAPPER)
+    return shutil.which("wrk")
+
+
+def wrk_version(wrk: str) -> str:
+    """`wrk -v`'s first line (wrk prints its usage after it and exits 1)."""
+    run = subprocess.run([wrk, "-v"], capture_output=True, text=True, timeout=10, check=False)
+    first = (run.stdout or run.stderr or wrk).splitlines()[0]
+    return first.split(" Copyright")[0].strip()  # "wrk debian/4.1.0-3+b2 [epoll]"
+
+
+def wrk_closed_loop(
+    wrk: str,
+    url: str,
+    payload: bytes,
+    *,
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
+    headers: dict[str, str] | None = None,
+    server_pid: int | None = None,
+) -> dict[str, Any]:
+    """closed_loop's measurement with wrk: `concurrency` connections on one thread.
+
+    The warm-up is a run of its own whose figures are dropped. The client's
+    CPU is wrk's (rusage of the finished child), the server's from schedstat
+    around the measured run.
+    """
+    headers = headers or {"Content-Type": "application/json"}
+    with tempfile.TemporaryDirectory(prefix="wrk-") as tmp:
+        body = Path(tmp) / "body"
+        body.write_bytes(payload)
+        for key, value in headers.items():
+            if "]==]" in key + value + str(body):
+                raise ValueError(f"header {key!r} cannot be written into a wrk script")
+        script = Path(tmp) / "post.lua"
+        script.write_text(
+            WRK_SCRIPT.format(
+                body=body,
+                headers="\n".join(
+                    f"wrk.headers[ [==[{key}]==] ] = [==[{value}]==]"
+                    for key, value in headers.items()
+                ),
+            )
+        )
+
+        def run(seconds: float) -> dict[str, Any]:
+            command = [wrk, "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--timeout", "60s"]
+            done = subprocess.run(
+                [*command, "-s", str(script), url],
+                capture_output=True,
+                text=True,
+                timeout=seconds + 120,
+                check=False,
+            )
+            marker = next(
+                (line for line in done.stdout.splitlines() if line.startswith("WRK-RESULT ")), None
+            )
+            if done.returncode != 0 or marker is None:
+                raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
+            return dict(json.loads(marker.removeprefix("WRK-RESULT ")))
+
+        if warmup_s > 0:
+            run(warmup_s)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        server_before = thread_schedstat(server_pid) if server_pid else None
+        result = run(duration_s)
+        server_after = thread_schedstat(server_pid) if server_pid else None
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    seconds = result["duration_us"] / 1e6
+    ok = result["requests"] - result["status_errors"]
+    client_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    cores: dict[str, float] = {"client_cores": round(client_cpu / seconds, 2)}
+    if server_before is not None and server_after is not None:
+        cores["server_cores"] = round((server_after[0] - server_before[0]) / seconds, 2)
+        cores["server_cpu_wait"] = round((server_after[1] - server_before[1]) / seconds, 2)
+    return {
+        "requests": result["requests"],
+        "ok": ok,
+        "statuses": {"<400": ok, ">=400": result["status_errors"]},
+        "errors": result["socket_errors"],
+        "throughput_rps": round(ok / seconds, 1),
+        "p50_ms": round(result["p50_us"] / 1000, 2),
+        "p90_ms": round(result["p90_us"] / 1000, 2),
+        "p99_ms": round(result["p99_us"] / 1000, 2),
+        "mean_ms": round(result["mean_us"] / 1000, 2),
         **cores,
     }
 

@@ -5,10 +5,13 @@
 Each server runs as its own process on 127.0.0.1, serving the same exported
 model with the same Predictor code: mlruntime.serve with batching, the same
 with --max-batch-size 1, and KServe 0.21's ModelServer (request logging off,
-as mlruntime has none; see bench/rt_kserve_model.py). A closed-loop aiohttp
-client in this process keeps `--concurrency` requests outstanding for
-`--duration` seconds after a warm-up, one row a request, in each payload
-format:
+as mlruntime has none; see bench/rt_kserve_model.py). A closed-loop load
+generator keeps `--concurrency` requests outstanding for `--duration`
+seconds after a warm-up, one row a request, in each payload format. The
+load generator is wrk (`make wrk`; one thread, about 0.1 core at 3,000
+req/s); without it, an aiohttp client in this process (`--client aiohttp`),
+which needs a third of a core at 2,000 req/s: on a 2-core machine the
+server then waits for CPU and the batching server's lead shrinks. Formats:
 
     v2-json     KServe v2 JSON request and answer
     v2-binary   binary tensor data extension, as Triton's client sends by default
@@ -54,12 +57,15 @@ import torch
 from bench.rt_load import (
     ServerProcess,
     closed_loop,
+    find_wrk,
     free_port,
     histogram_mean,
     machine_facts,
     scrape,
     start_server,
     table,
+    wrk_closed_loop,
+    wrk_version,
 )
 from workloads.runtime.models import PRESETS, build_model, export_model
 from workloads.runtime.serve import BINARY_HEADER, event_loop_factory
@@ -172,18 +178,19 @@ def run_server(
     try:
         server.wait_ready(ready_path)
         for fmt, payload in payloads.items():
-            with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-                cells[fmt] = runner.run(
-                    closed_loop(
-                        server.base + payload.path,
-                        payload.body,
-                        concurrency=args.concurrency,
-                        duration_s=args.duration,
-                        warmup_s=args.warmup,
-                        headers=payload.headers,
-                        server_pid=server.proc.pid,
-                    )
-                )
+            load = {
+                "concurrency": args.concurrency,
+                "duration_s": args.duration,
+                "warmup_s": args.warmup,
+                "headers": payload.headers,
+                "server_pid": server.proc.pid,
+            }
+            url = server.base + payload.path
+            if args.wrk:
+                cells[fmt] = wrk_closed_loop(args.wrk, url, payload.body, **load)
+            else:
+                with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+                    cells[fmt] = runner.run(closed_loop(url, payload.body, **load))
             if metrics:
                 cells[fmt]["mean_batch_rows"] = histogram_mean(
                     scrape(f"{server.base}/metrics"), "mlserve_batch_size"
@@ -229,12 +236,28 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--kserve-venv", type=Path, default=ROOT / ".venv-kserve")
     parser.add_argument("--skip-kserve", action="store_true")
+    parser.add_argument(
+        "--client",
+        choices=("auto", "wrk", "aiohttp"),
+        default="auto",
+        help="load generator: wrk (make wrk), the aiohttp client, or wrk when found",
+    )
     parser.add_argument("--output", type=Path, default=OUT_DIR / "serve.json")
     args = parser.parse_args()
     formats = [f for f in args.formats.split(",") if f]
     if not formats or any(f not in FORMATS for f in formats) or args.rounds < 1:
         parser.error(f"--formats takes {', '.join(FORMATS)}; --rounds must be >= 1")
 
+    wrk = find_wrk() if args.client != "aiohttp" else None
+    if args.client == "wrk" and wrk is None:
+        parser.error("--client wrk: no .wrk/wrk (run `make wrk`) and no wrk on PATH")
+    args.wrk = wrk
+    client = (
+        f"{wrk_version(wrk)}, 1 thread"
+        if wrk
+        else "aiohttp in the benchmark's process"
+        + (" (no wrk: `make wrk` installs it)" if args.client == "auto" else "")
+    )
     facts = machine_facts()
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     env = {
@@ -340,6 +363,7 @@ def main() -> int:
         "device": args.device,
         "torch": torch.__version__,
         "kserve": kserve_note,
+        "client": client,
         "machine": {**facts, "loadavg_1m_after": os.getloadavg()[0]},
         "model": model,
         "results": rows,
@@ -378,6 +402,7 @@ def main() -> int:
         if "error" in row:
             print(f"  {row['format']} {row['server']}: {row['error']}")
     print(f"  kserve: {kserve_note}")
+    print(f"  client: {client}")
     for key, value in checks.items():
         print(f"  {key}: {value}")
     print(f"  targets: {TARGETS}")
