@@ -83,11 +83,13 @@ MODEL_VERSION = "1"
 BINARY_HEADER = "Inference-Header-Content-Length"
 EXTENSIONS = ["binary_tensor_data"]
 CLIENT_CLOSED = 499  # status counted for a client that disconnected (nginx's convention)
-# The inference thread takes the GIL back after each torch op of a forward pass;
-# with CPython's default 5 ms switch interval it could wait that long behind the
-# busy event loop each time. 0.5 ms: same throughput, p99 down a third (64
-# clients, 6 interleaved pairs on a shared 2-core machine: median 84 vs 125 ms).
-GIL_SWITCH_INTERVAL_S = 0.0005
+# The inference thread releases the GIL for every torch op of a forward pass
+# and must take it back from the event loop after each one. The loop, busy
+# under load, takes it at once, so the thread waits a whole switch interval
+# each time: at 0.5 ms that was 6 of a 32-row batch's 16.6 ms, and the server
+# used 1.2 of 2 cores. At 50 us it uses 1.6, and throughput rose by half
+# (bench/serve_bench.py; the runtime README's serve.py section has the figures).
+GIL_SWITCH_INTERVAL_S = 0.00005
 
 
 class Overloaded(Exception):
