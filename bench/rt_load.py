@@ -161,12 +161,10 @@ async def closed_loop(
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         await asyncio.gather(*(client(session) for _ in range(concurrency)))
     ok = statuses.get(200, 0)
-    cores = {}
+    cores: dict[str, float] = {}
     for who, samples in cpu.items():
-        if len(samples) == 2 and samples[0] is not None and samples[1] is not None:
-            (run0, wait0), (run1, wait1) = samples[0], samples[1]
-            cores[f"{who}_cores"] = round((run1 - run0) / duration_s, 2)
-            cores[f"{who}_cpu_wait"] = round((wait1 - wait0) / duration_s, 2)
+        if len(samples) == 2:
+            cores.update(cpu_shares(who, samples[0], samples[1], duration_s))
     return {
         "requests": len(latencies),
         "ok": ok,
@@ -278,10 +276,10 @@ def wrk_closed_loop(
     seconds = result["duration_us"] / 1e6
     ok = result["requests"] - result["status_errors"]
     client_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    cores: dict[str, float] = {"client_cores": round(client_cpu / seconds, 2)}
-    if server_before is not None and server_after is not None:
-        cores["server_cores"] = round((server_after[0] - server_before[0]) / seconds, 2)
-        cores["server_cpu_wait"] = round((server_after[1] - server_before[1]) / seconds, 2)
+    cores = {
+        "client_cores": round(client_cpu / seconds, 2),
+        **cpu_shares("server", server_before, server_after, seconds),
+    }
     return {
         "requests": result["requests"],
         "ok": ok,
@@ -293,6 +291,21 @@ def wrk_closed_loop(
         "p99_ms": round(result["p99_us"] / 1000, 2),
         "mean_ms": round(result["mean_us"] / 1000, 2),
         **cores,
+    }
+
+
+def cpu_shares(
+    who: str,
+    before: tuple[float, float] | None,
+    after: tuple[float, float] | None,
+    seconds: float,
+) -> dict[str, float]:
+    """`<who>_cores` and `<who>_cpu_wait` between two thread_schedstat samples."""
+    if before is None or after is None:
+        return {}
+    return {
+        f"{who}_cores": round((after[0] - before[0]) / seconds, 2),
+        f"{who}_cpu_wait": round((after[1] - before[1]) / seconds, 2),
     }
 
 
