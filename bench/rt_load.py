@@ -185,7 +185,7 @@ WRK_WRAPPER = Path(__file__).resolve().parents[1] / ".wrk" / "wrk"  # from `make
 # wrk counts a response with status >= 400 in errors.status, and a request
 # still in flight when the time is up not at all.
 WRK_SCRIPT = """
-local file = assert(io.open([==[{body}]==], "rb"))
+local file = assert(io.open({body}, "rb"))
 wrk.method = "POST"
 wrk.body = file:read("*a")
 file:close()
@@ -199,6 +199,13 @@ function done(summary, latency, requests)
     latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.mean))
 end
 """
+
+
+def _lua_string(text: str) -> str:
+    """`text` as a Lua long-bracket literal, which takes it verbatim."""
+    if "]==]" in text:
+        raise ValueError(f"{text!r} cannot be written into a wrk script")
+    return f"[==[{text}]==]"
 
 
 def find_wrk() -> str | None:
@@ -236,15 +243,12 @@ def wrk_closed_loop(
     with tempfile.TemporaryDirectory(prefix="wrk-") as tmp:
         body = Path(tmp) / "body"
         body.write_bytes(payload)
-        for key, value in headers.items():
-            if "]==]" in key + value + str(body):
-                raise ValueError(f"header {key!r} cannot be written into a wrk script")
         script = Path(tmp) / "post.lua"
         script.write_text(
             WRK_SCRIPT.format(
-                body=body,
-                headers="\n".join(
-                    f"wrk.headers[ [==[{key}]==] ] = [==[{value}]==]"
+                body=_lua_string(str(body)),
+                headers="\n".join(  # spaced: "[[" would open a Lua string
+                    f"wrk.headers[ {_lua_string(key)} ] = {_lua_string(value)}"
                     for key, value in headers.items()
                 ),
             )
