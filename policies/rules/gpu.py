@@ -97,7 +97,7 @@ def gpu_pod_fits_node(
     "from scaling down). DaemonSets (node agents) may tolerate it.",
     enforcement="mandatory",
     severity="medium",
-    remediation="Build pod specs with workloads/pod.py, which takes tolerations and affinity from "
+    remediation="Build pod specs with infra/pod.py, which takes tolerations and affinity from "
     "infra/scheduling.py.",
 )
 def gpu_scheduling(res: Resource, cfg: PolicyConfig) -> Iterator[str]:

@@ -231,7 +231,7 @@ _ALLOWED_VOLUMES = {
     description="Pods outside kube-system meet the Pod Security Standard `restricted`.",
     enforcement="mandatory",
     severity="critical",
-    remediation="Build pods with workloads/pod.py (non-root, no privilege escalation, capabilities "
+    remediation="Build pods with infra/pod.py (non-root, no privilege escalation, capabilities "
     "dropped, RuntimeDefault seccomp, no host namespaces or hostPath).",
 )
 def pod_security_restricted(res: Resource, cfg: PolicyConfig) -> Iterator[str]:
